@@ -1,0 +1,1 @@
+"""HTTP front, inference worker pool, balancer, batching and cache for the policy models."""

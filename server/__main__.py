@@ -1,0 +1,56 @@
+"""``python -m server``: build the artifacts if there are none, then serve."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import uvicorn
+
+from server.app import create_app
+from server.config import ConfigError, ServerConfig, load_config
+
+
+def ensure_artifacts(config: ServerConfig) -> None:
+    manifest = config.artifacts_dir / "manifest.json"
+    if manifest.exists() or not config.build_artifacts_if_missing:
+        return
+    logging.getLogger("server").info("no %s yet: running python -m optimize first", manifest)
+    subprocess.run(
+        [sys.executable, "-m", "optimize", "--out", str(config.artifacts_dir)], check=True
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        ensure_artifacts(config)
+    except subprocess.CalledProcessError as exc:
+        print(f"building artifacts failed ({exc}); see the optimizer's output", file=sys.stderr)
+        return 1
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=int(config.shutdown_grace_s),
+        server_header=False,
+        date_header=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

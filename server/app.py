@@ -1,0 +1,174 @@
+"""Routes and lifespan. ``POST /infer`` is a raw ASGI route in front of FastAPI (the hot
+path skips routing, pydantic and response classes); every other endpoint is FastAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.config import ServerConfig
+from server.errors import NoHealthyWorker, error_body
+from server.infer import send_error
+from server.pool import MODEL_NAMES
+from server.runtime import ReloadRefused, Runtime
+
+
+def _error(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return Response(error_body(code, message), status, headers, media_type="application/json")
+
+
+def _model_info(runtime: Runtime) -> dict[str, Any]:
+    out = {}
+    for name in MODEL_NAMES:
+        entry = runtime.manifest.models[name]
+        variant = entry.selected_variant
+        out[name] = {
+            "version": runtime.pool.versions.get(name) if runtime.pool else None,
+            "variant": variant.name,
+            "runtime": variant.runtime,
+            "precision": variant.precision,
+            "file": variant.file,
+            "sha256": variant.sha256,
+            "size_bytes": variant.size_bytes,
+            "max_abs_error": {
+                "probs": variant.max_abs_error_probs,
+                "value": variant.max_abs_error_value,
+            },
+            "tolerance": {"probs": variant.tolerance.probs, "value": variant.tolerance.value},
+            "latency_us": variant.latency_us.as_dict() if variant.latency_us else None,
+            "calls_per_s": variant.calls_per_s,
+            "selection_reason": entry.selection_reason,
+            "fallbacks": [{"variant": f.variant, "error": f.error} for f in entry.fallbacks],
+            "observation_shape": entry.observation_shape,
+            "agents": entry.agents,
+        }
+    return out
+
+
+def build_api(runtime: Runtime) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task] = set()
+
+        def on_sighup() -> None:
+            task = loop.create_task(_reload_logged(runtime))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            await runtime.stop()
+
+    api = FastAPI(title="policy inference server", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @api.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        return _error(422, "invalid_request", str(exc.errors()))
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @api.get("/readyz")
+    async def readyz() -> Response:
+        pool = runtime.pool
+        if pool is None or not pool.ready():
+            return _error(503, "not_ready", "no model is loaded on a healthy worker yet", 1)
+        return JSONResponse({"status": "ready", "models": pool.versions})
+
+    @api.get("/models")
+    async def models() -> Response:
+        if runtime.manifest is None:
+            return _error(503, "not_ready", "models are still loading", 1)
+        return JSONResponse(_model_info(runtime))
+
+    @api.get("/stats")
+    async def stats() -> Response:
+        if runtime.monitor is None:
+            return _error(503, "not_ready", "the server is starting", 1)
+        data = runtime.monitor.stats(runtime.workers())
+        cache = runtime.cache
+        data["cache"] = {
+            "enabled": cache.enabled,
+            "entries": len(cache),
+            "hits": cache.hits,
+            "misses": cache.misses,
+            "coalesced": cache.coalesced,
+            "hit_rate": cache.hit_rate,
+        }
+        return JSONResponse(data)
+
+    @api.get("/alerts")
+    async def alerts() -> Response:
+        if runtime.monitor is None:
+            return _error(503, "not_ready", "the server is starting", 1)
+        return JSONResponse(runtime.monitor.alerts())
+
+    @api.get("/metrics")
+    async def metrics() -> Response:
+        if runtime.monitor is None:
+            return _error(503, "not_ready", "the server is starting", 1)
+        body = runtime.monitor.prometheus_text(runtime.workers())
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @api.post("/admin/reload")
+    async def reload(request: Request) -> Response:
+        key = runtime.config.api_key
+        if key and request.headers.get("x-api-key") != key and request.headers.get(
+            "authorization"
+        ) != f"Bearer {key}":
+            return _error(401, "unauthorized", "send the API key as X-API-Key")
+        try:
+            versions = await runtime.reload()
+        except ReloadRefused as exc:
+            return _error(409, "reload_refused", str(exc))
+        return JSONResponse({"status": "reloaded", "versions": versions})
+
+    return api
+
+
+async def _reload_logged(runtime: Runtime) -> None:
+    with contextlib.suppress(ReloadRefused):
+        await runtime.reload()
+
+
+class ServerApp:
+    """The ASGI entry: ``POST /infer`` straight to the hot-path handler, the rest to FastAPI."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.runtime = Runtime(config)
+        self.api = build_api(self.runtime)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/infer":
+            handler = self.runtime.handler
+            if handler is None:
+                await send_error(send, NoHealthyWorker("the server is still starting"))
+                return
+            await handler(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
+
+
+def create_app(config: ServerConfig) -> ServerApp:
+    return ServerApp(config)

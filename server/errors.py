@@ -1,0 +1,98 @@
+"""Errors the server answers with: status, machine-readable code, and a message that says
+what was wrong and how to fix it. Bodies are JSON ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+import orjson
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+    retry_after_s: int | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> bytes:
+        return error_body(self.code, self.message)
+
+
+def error_body(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "invalid_json"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "unknown_model"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "body_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InvalidObservation(ApiError):
+    status = 422
+    code = "invalid_observation"
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
+    retry_after_s = 1
+
+
+class Overloaded(ApiError):
+    status = 503
+    code = "overloaded"
+    retry_after_s = 1
+
+
+class NoHealthyWorker(ApiError):
+    status = 503
+    code = "no_healthy_worker"
+    retry_after_s = 2
+
+
+class WorkerLost(ApiError):
+    status = 503
+    code = "worker_lost"
+    retry_after_s = 1
+
+
+class ShuttingDown(ApiError):
+    status = 503
+    code = "shutting_down"
+    retry_after_s = 5
+
+
+class InferenceTimeout(ApiError):
+    status = 504
+    code = "inference_timeout"
+
+
+class WorkerFailed(ApiError):
+    status = 500
+    code = "inference_failed"

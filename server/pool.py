@@ -1,0 +1,427 @@
+"""The inference worker pool: spawning, health, dispatch, crash recovery, reload, shutdown.
+
+Workers are processes reached over one SEQPACKET socket each, read by the front's event
+loop (``add_reader``), so a reply costs one ``recv`` and no thread hop. A worker's death is
+seen at once as EOF on its socket; its batches are retried once elsewhere, and a
+replacement is started and warmed while the others serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from models.spec import SPECS
+from server import protocol
+from server.balancer import Balancer, make_balancer
+from server.config import ServerConfig
+from server.errors import (
+    ApiError,
+    InferenceTimeout,
+    NoHealthyWorker,
+    Overloaded,
+    ShuttingDown,
+    WorkerFailed,
+    WorkerLost,
+)
+
+log = logging.getLogger("server.pool")
+
+MODEL_NAMES: tuple[str, ...] = tuple(sorted(SPECS))
+MODEL_INDEX: dict[str, int] = {name: i for i, name in enumerate(MODEL_NAMES)}
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class WorkerState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    DEAD = "dead"
+
+
+class StartFailed(RuntimeError):
+    pass
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    req_id: int
+    model_idx: int
+    rows: int
+    frame: bytes
+    futures: list[asyncio.Future]
+    attempts: int = 0
+    worker: WorkerHandle | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True, eq=False)
+class WorkerHandle:
+    slot: int
+    process: subprocess.Popen
+    sock: object
+    state: WorkerState = WorkerState.STARTING
+    in_flight: int = 0
+    served: int = 0
+    restarts: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+    prefixes: tuple[bytes, ...] = ()
+    pending: dict[int, Pending] = field(default_factory=dict)
+    ready: asyncio.Future | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    slot: int
+    pid: int
+    state: str
+    in_flight: int
+    served: int
+    restarts: int
+
+
+# result of one row: (JSON fragment, response prefix naming model and version, inference ns)
+RowResult = tuple[bytes, bytes, int]
+
+
+def response_prefix(model: str, version: str) -> bytes:
+    return b'{"model":' + orjson.dumps(model) + b',"version":' + orjson.dumps(version) + b","
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        balancer: Balancer | None = None,
+        on_batch: Callable[[str, int, int, int], None] | None = None,
+        on_worker_event: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.balancer = balancer or make_balancer(config.balancer)
+        self.active: list[WorkerHandle] = []
+        self.draining: list[WorkerHandle] = []
+        self.versions: dict[str, str] = {}
+        # response prefixes ('{"model":..,"version":..,') of the generation now serving
+        self.prefixes: tuple[bytes, ...] = ()
+        self._ids = itertools.count(1)
+        self._closing = False
+        self._reload_lock = asyncio.Lock()
+        self._on_batch = on_batch or (lambda model, rows, ns, pid: None)
+        self._on_worker_event = on_worker_event or (lambda event, pid: None)
+        self._config_frame = protocol.REQUEST.pack(0, protocol.CONTROL_MODEL, 0) + orjson.dumps(
+            config.to_json_dict()
+        )
+        self._timeout_s = config.request_timeout_s
+        self._limit = config.max_inflight_per_worker
+        self._background: set[asyncio.Task] = set()
+
+    # ---------------------------------------------------------------- life cycle
+
+    async def start(self) -> None:
+        self.active = await self._start_generation()
+        self.versions = dict(self.active[0].versions)
+        self.prefixes = self.active[0].prefixes
+
+    async def _start_generation(self) -> list[WorkerHandle]:
+        workers = [self._spawn(slot) for slot in range(self.config.workers)]
+        results = await asyncio.gather(
+            *(self._await_ready(w) for w in workers), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            for w in workers:
+                self._kill(w)
+            raise StartFailed(str(failures[0]))
+        versions = {tuple(sorted(w.versions.items())) for w in workers}
+        if len(versions) != 1:
+            for w in workers:
+                self._kill(w)
+            raise StartFailed(f"workers loaded different artifacts: {versions}")
+        return workers
+
+    def _spawn(self, slot: int, restarts: int = 0) -> WorkerHandle:
+        front, child = protocol.socket_pair()
+        env = dict(os.environ)
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.worker", "--fd", str(child.fileno())],
+            pass_fds=(child.fileno(),),
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        front.setblocking(False)
+        loop = asyncio.get_running_loop()
+        handle = WorkerHandle(slot=slot, process=process, sock=front, restarts=restarts)
+        handle.ready = loop.create_future()
+        loop.add_reader(front.fileno(), self._on_readable, handle)
+        front.send(self._config_frame)
+        self._on_worker_event("started", process.pid)
+        return handle
+
+    async def _await_ready(self, worker: WorkerHandle) -> None:
+        assert worker.ready is not None
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(worker.ready), timeout=self.config.worker_start_timeout_s
+            )
+        except TimeoutError:
+            self._kill(worker)
+            raise StartFailed(
+                f"worker pid {worker.pid} was not ready within "
+                f"{self.config.worker_start_timeout_s} s (raise --worker-start-timeout-s)"
+            ) from None
+
+    async def close(self) -> None:
+        """Stops dispatch, lets in-flight batches finish (bounded), then stops the workers."""
+        self._closing = True
+        deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace_s
+        workers = self.active + self.draining
+        while any(w.pending for w in workers) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        for w in workers:
+            self._retire(w)
+        await asyncio.gather(*(self._reap(w) for w in workers))
+
+    # ---------------------------------------------------------------- dispatch
+
+    def submit(self, model_idx: int, rows: int, payload: bytes, futures: list) -> None:
+        """Sends one batch; each future gets its row's ``RowResult`` or an ``ApiError``."""
+        frame = protocol.REQUEST.pack(next(self._ids) & 0xFFFFFFFF, model_idx, rows) + payload
+        pending = Pending(frame=frame, req_id=0, model_idx=model_idx, rows=rows, futures=futures)
+        pending.req_id = protocol.REQUEST.unpack_from(frame)[0]
+        self._dispatch(pending, exclude=None)
+
+    def _eligible(self, rows: int, exclude: WorkerHandle | None) -> list[WorkerHandle]:
+        limit = self._limit - rows
+        return [
+            w
+            for w in self.active
+            if w.state is WorkerState.READY and w.in_flight <= limit and w is not exclude
+        ]
+
+    def _dispatch(self, pending: Pending, exclude: WorkerHandle | None) -> None:
+        if self._closing:
+            return self._fail(pending, ShuttingDown("the server is shutting down; retry later"))
+        eligible = self._eligible(pending.rows, exclude)
+        if not eligible:
+            return self._fail(pending, self._unavailable_error())
+        worker = self.balancer.choose(eligible)
+        try:
+            worker.sock.send(pending.frame)
+        except (BlockingIOError, OSError):
+            return self._fail(pending, Overloaded("worker queue is full; retry shortly"))
+        pending.worker = worker
+        worker.pending[pending.req_id] = pending
+        worker.in_flight += pending.rows
+        pending.timer = asyncio.get_running_loop().call_later(
+            self._timeout_s, self._expire, worker, pending
+        )
+
+    def _unavailable_error(self) -> ApiError:
+        if any(w.state is WorkerState.READY for w in self.active):
+            return Overloaded(
+                f"all workers have {self._limit} rows in flight; retry shortly or add workers"
+            )
+        return NoHealthyWorker("no inference worker is ready; one is being started")
+
+    @staticmethod
+    def _fail(pending: Pending, error: BaseException) -> None:
+        for fut in pending.futures:
+            if not fut.done():
+                fut.set_exception(error)
+
+    def _expire(self, worker: WorkerHandle, pending: Pending) -> None:
+        if worker.pending.pop(pending.req_id, None) is None:
+            return
+        worker.in_flight -= pending.rows
+        self._fail(
+            pending,
+            InferenceTimeout(
+                f"inference did not finish within {self._timeout_s} s; the worker is restarted"
+            ),
+        )
+        # 2 s for a sub-millisecond model means the worker is stuck, not busy.
+        log.warning("worker pid %d missed the request timeout; killing it", worker.pid)
+        self._kill(worker)
+
+    # ---------------------------------------------------------------- replies
+
+    def _on_readable(self, worker: WorkerHandle) -> None:
+        sock = worker.sock
+        while True:
+            try:
+                frame = sock.recv(protocol.MAX_FRAME_BYTES)
+            except BlockingIOError:
+                return
+            except OSError:
+                frame = b""
+            if not frame:
+                self._on_worker_lost(worker)
+                return
+            self._on_frame(worker, frame)
+
+    def _on_frame(self, worker: WorkerHandle, frame: bytes) -> None:
+        req_id, kind, rows, elapsed_ns = protocol.REPLY.unpack_from(frame)
+        if kind == protocol.KIND_READY:
+            return self._on_ready(worker, frame)
+        pending = worker.pending.pop(req_id, None)
+        if pending is None:
+            if kind == protocol.KIND_ERROR and worker.ready and not worker.ready.done():
+                message = frame[protocol.REPLY.size :].decode(errors="replace")
+                worker.ready.set_exception(StartFailed(f"worker failed to load: {message}"))
+            return  # a reply to a batch that already timed out
+        if pending.timer is not None:
+            pending.timer.cancel()
+        worker.in_flight -= pending.rows
+        if kind == protocol.KIND_ERROR:
+            message = frame[protocol.REPLY.size :].decode(errors="replace")
+            self._fail(pending, WorkerFailed(f"inference failed: {message}"))
+        else:
+            worker.served += pending.rows
+            prefix = worker.prefixes[pending.model_idx]
+            fragments = protocol.unpack_fragments(frame, rows)
+            for fut, fragment in zip(pending.futures, fragments, strict=True):
+                if not fut.done():
+                    fut.set_result((fragment, prefix, elapsed_ns))
+            self._on_batch(MODEL_NAMES[pending.model_idx], rows, elapsed_ns, worker.pid)
+        if worker.state is WorkerState.DRAINING and not worker.pending:
+            self._retire(worker)
+
+    def _on_ready(self, worker: WorkerHandle, frame: bytes) -> None:
+        info = orjson.loads(frame[protocol.REPLY.size :])
+        worker.versions = info["versions"]
+        worker.prefixes = tuple(response_prefix(m, worker.versions[m]) for m in MODEL_NAMES)
+        worker.state = WorkerState.READY
+        if worker.ready is not None and not worker.ready.done():
+            worker.ready.set_result(None)
+
+    # ---------------------------------------------------------------- failures
+
+    def _on_worker_lost(self, worker: WorkerHandle) -> None:
+        was = worker.state
+        self._detach(worker)
+        worker.state = WorkerState.DEAD
+        if worker.ready is not None and not worker.ready.done():
+            worker.ready.set_exception(StartFailed(f"worker pid {worker.pid} exited while loading"))
+        orphans = list(worker.pending.values())
+        worker.pending.clear()
+        worker.in_flight = 0
+        for pending in orphans:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if pending.attempts == 0:
+                pending.attempts = 1
+                self._dispatch(pending, exclude=worker)
+            else:
+                self._fail(pending, WorkerLost("the worker serving this request died; retry"))
+        self._spawn_task(self._reap(worker))
+        if self._closing or was is WorkerState.DRAINING or worker not in self.active:
+            return
+        log.warning("worker pid %d died; starting a replacement", worker.pid)
+        self._on_worker_event("died", worker.pid)
+        self._spawn_task(self._replace(worker))
+
+    async def _replace(self, dead: WorkerHandle) -> None:
+        backoff_s = 0.1
+        while not self._closing and dead in self.active:
+            fresh = self._spawn(dead.slot, restarts=dead.restarts + 1)
+            try:
+                await self._await_ready(fresh)
+            except StartFailed as exc:
+                log.error("replacement worker failed: %s", exc)
+                self._kill(fresh)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                continue
+            if self._closing or dead not in self.active:
+                self._retire(fresh)
+                return
+            self.active[self.active.index(dead)] = fresh
+            self._on_worker_event("restarted", fresh.pid)
+            return
+
+    def _detach(self, worker: WorkerHandle) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(worker.sock.fileno())
+        with contextlib.suppress(OSError):
+            worker.sock.close()
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        """Closing the socket is the worker's signal to exit."""
+        if worker.state is not WorkerState.DEAD:
+            worker.state = WorkerState.DEAD
+            self._detach(worker)
+            self._spawn_task(self._reap(worker))
+
+    def _kill(self, worker: WorkerHandle) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.send_signal(signal.SIGKILL)
+
+    async def _reap(self, worker: WorkerHandle) -> None:
+        deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace_s
+        while worker.process.poll() is None:
+            if asyncio.get_running_loop().time() > deadline:
+                self._kill(worker)
+            await asyncio.sleep(0.02)
+        if worker in self.draining:
+            self.draining.remove(worker)
+
+    def _spawn_task(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---------------------------------------------------------------- reload
+
+    async def reload(self) -> dict[str, str]:
+        """Starts a new generation of workers on the current manifest, switches over once
+        all are warm, and drains the old ones. The old generation keeps serving if the new
+        one fails to start."""
+        async with self._reload_lock:
+            fresh = await self._start_generation()
+            old = self.active
+            self.active = fresh
+            self.versions = dict(fresh[0].versions)
+            self.prefixes = fresh[0].prefixes
+            for w in old:
+                if w.state is WorkerState.READY:
+                    w.state = WorkerState.DRAINING
+                    self.draining.append(w)
+                    if not w.pending:
+                        self._retire(w)
+                elif w.state is WorkerState.STARTING:
+                    self._kill(w)
+            return self.versions
+
+    # ---------------------------------------------------------------- introspection
+
+    def ready(self) -> bool:
+        return any(w.state is WorkerState.READY for w in self.active)
+
+    def snapshot(self) -> list[WorkerInfo]:
+        return [
+            WorkerInfo(w.slot, w.pid, w.state.value, w.in_flight, w.served, w.restarts)
+            for w in self.active + self.draining
+        ]
+
+    def queue_depth(self) -> int:
+        return sum(w.in_flight for w in self.active + self.draining)

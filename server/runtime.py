@@ -1,0 +1,156 @@
+"""Everything the server holds while it runs, started and stopped by the app's lifespan:
+the manifest, the worker pool, the cache, the batchers, the monitor and the 1 s ticker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from models.spec import SPECS
+from monitoring import Monitor, MonitorConfig, WorkerSnapshot
+from optimize.loader import load_manifest, verify_artifacts
+from server.batching import Batcher
+from server.cache import ResponseCache
+from server.config import ServerConfig
+from server.infer import InferHandler
+from server.pool import MODEL_INDEX, MODEL_NAMES, WorkerPool
+from server.ratelimit import RateLimiter
+from server.validation import RequestParser
+
+log = logging.getLogger("server")
+
+
+class ReloadRefused(RuntimeError):
+    pass
+
+
+def monitor_config(config: ServerConfig, manifest: Any) -> MonitorConfig:
+    baseline = {}
+    for name in MODEL_NAMES:
+        entry = manifest.models[name]
+        latency = entry.selected_variant.latency_us
+        if latency is not None:
+            baseline[name] = latency.as_dict()
+    return MonitorConfig(
+        window_s=config.stats_window_s,
+        history_dir=config.history_dir,
+        webhook_url=config.alert_webhook_url,
+        baseline_latency_us=baseline,
+        enabled=config.monitoring,
+    )
+
+
+class Runtime:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.manifest: Any = None
+        self.pool: WorkerPool | None = None
+        self.handler: InferHandler | None = None
+        self.monitor: Monitor | None = None
+        self.cache = ResponseCache(config.cache_size, config.cache_ttl_s)
+        self._ticker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.manifest = await loop.run_in_executor(None, verify_artifacts, self.config.artifacts_dir)
+        self.monitor = Monitor(monitor_config(self.config, self.manifest))
+        pool = WorkerPool(
+            self.config,
+            on_batch=self.monitor.record_batch,
+            on_worker_event=self.monitor.worker_event,
+        )
+        await pool.start()
+        self.pool = pool
+        batchers = [
+            Batcher(
+                i,
+                pool.submit,
+                max_batch_size=self.config.max_batch_size,
+                max_queue_delay_us=self.config.max_queue_delay_us,
+                loop=loop,
+            )
+            for i in range(len(MODEL_NAMES))
+        ]
+        limiter = (
+            RateLimiter(self.config.rate_limit_rps, self.config.rate_limit_burst)
+            if self.config.rate_limit_rps > 0
+            else None
+        )
+        self.handler = InferHandler(
+            self.config,
+            pool,
+            self.cache,
+            RequestParser(SPECS, MODEL_INDEX, self.config.max_request_batch),
+            batchers,
+            self.monitor,
+            rate_limiter=limiter,
+        )
+        self._ticker = loop.create_task(self._tick_forever())
+        log.info(
+            "serving %s with %d workers (pids %s)",
+            ", ".join(f"{m}@{v}" for m, v in pool.versions.items()),
+            len(pool.active),
+            ", ".join(str(w.pid) for w in pool.active),
+        )
+
+    async def stop(self) -> None:
+        if self.handler is not None:
+            self.handler.accepting = False
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self.handler is not None:
+            for batcher in self.handler.batchers:
+                batcher.flush()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.monitor is not None:
+            self.monitor.close()
+
+    async def reload(self) -> dict[str, str]:
+        assert self.pool is not None
+        loop = asyncio.get_running_loop()
+        try:
+            manifest = await loop.run_in_executor(
+                None, verify_artifacts, self.config.artifacts_dir
+            )
+        except Exception as exc:
+            raise ReloadRefused(f"new manifest refused, still serving the old one: {exc}") from exc
+        try:
+            versions = await self.pool.reload()
+        except Exception as exc:
+            raise ReloadRefused(f"new workers failed to start, still serving: {exc}") from exc
+        self.manifest = manifest
+        log.info("reloaded: %s", versions)
+        return versions
+
+    def workers(self) -> list[WorkerSnapshot]:
+        if self.pool is None:
+            return []
+        return [
+            WorkerSnapshot(
+                index=w.slot,
+                pid=w.pid,
+                state=w.state.value,
+                in_flight=w.in_flight,
+                served=w.served,
+                restarts=w.restarts,
+            )
+            for w in self.pool.active + self.pool.draining
+        ]
+
+    def queue_depth(self) -> dict[str, int]:
+        if self.handler is None:
+            return {}
+        return {name: b.queued for name, b in zip(MODEL_NAMES, self.handler.batchers, strict=True)}
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.monitor.tick(self.workers(), self.queue_depth())
+            except Exception:  # a broken statistic must never stop the server
+                log.exception("monitor tick failed")

@@ -1,0 +1,146 @@
+"""The inference worker process: ``python -m server.worker --fd N``.
+
+It receives the front's config as its first frame, loads the manifest's selected
+artifacts (each checked against its sha256), warms them, says it is ready, then answers
+frames until its socket closes. It dies with its parent (PR_SET_PDEATHSIG), so no worker
+outlives a killed front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+
+import numpy as np
+import orjson
+
+from models.ensemble import EnsembleRule
+from models.spec import ACTIONS, SPECS
+from server import protocol
+from server.config import ServerConfig, config_from_json_dict
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class ModelEndpoint:
+    """One loaded model: runs a batch and renders each row's JSON fragment."""
+
+    def __init__(self, served, rule: EnsembleRule) -> None:
+        self.served = served
+        self.rule = rule
+        self.spec = rule.spec
+        self.shape = (self.spec.rows, self.spec.features)
+        self.agent_keys = self.spec.agents
+        self.action_names = ACTIONS
+
+    def infer(self, payload: memoryview, rows: int) -> list[bytes]:
+        obs = np.frombuffer(payload, dtype=np.float32).reshape(rows, *self.shape)
+        probs, value = self.served.runner.run(obs)
+        action, confidence = self.rule.decide(probs)
+        out = []
+        agent_keys = self.agent_keys
+        for i in range(rows):
+            row = probs[i]
+            body = orjson.dumps(
+                {
+                    "action": self.action_names[action[i]],
+                    "confidence": confidence[i],
+                    "agents": {agent_keys[a]: row[a] for a in range(len(agent_keys))},
+                    "value": value[i, 0],
+                },
+                option=orjson.OPT_SERIALIZE_NUMPY,
+            )
+            out.append(body[1:-1])
+        return out
+
+
+def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
+    from optimize.loader import load_manifest, load_served
+
+    manifest = load_manifest(config.artifacts_dir)
+    endpoints = []
+    for name in sorted(SPECS):
+        served = load_served(
+            config.artifacts_dir, name, threads=config.worker_threads, manifest=manifest
+        )
+        rule = EnsembleRule(SPECS[name], config.weights_for(name))
+        endpoints.append(ModelEndpoint(served, rule))
+    return endpoints
+
+
+def warm_up(endpoints: list[ModelEndpoint], calls: int) -> None:
+    rng = np.random.default_rng(0)
+    for ep in endpoints:
+        for batch in (1, 8, 32):
+            obs = rng.standard_normal((batch, *ep.shape)).astype(np.float32)
+            for _ in range(max(1, calls // batch)):
+                ep.infer(memoryview(obs.tobytes()), batch)
+
+
+def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
+    header = protocol.REQUEST
+    reply = protocol.REPLY
+    head = header.size
+    clock = time.perf_counter_ns
+    while True:
+        frame = sock.recv(protocol.MAX_FRAME_BYTES)
+        if not frame:
+            return
+        req_id, model_idx, rows = header.unpack_from(frame)
+        start = clock()
+        try:
+            fragments = endpoints[model_idx].infer(memoryview(frame)[head:], rows)
+        except Exception as exc:  # answer, never die: the front turns this into a 500
+            message = f"{type(exc).__name__}: {exc}".encode()[:4000]
+            sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
+            continue
+        elapsed = min(clock() - start, 0xFFFFFFFF)
+        sock.send(reply.pack(req_id, protocol.KIND_OK, rows, elapsed) + protocol.pack_fragments(fragments))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    _die_with_parent()
+    # SIGINT goes to the whole process group on Ctrl-C; the front decides when we stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    first = sock.recv(protocol.MAX_FRAME_BYTES)
+    if not first:
+        return 0
+    req_id, _model, _rows = protocol.REQUEST.unpack_from(first)
+    try:
+        config = config_from_json_dict(orjson.loads(first[protocol.REQUEST.size :]))
+        endpoints = load_endpoints(config)
+        warm_up(endpoints, config.warmup_calls)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}".encode()[:4000]
+        sock.send(protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
+        return 1
+    ready = orjson.dumps(
+        {"pid": os.getpid(), "versions": {ep.spec.name: ep.served.version for ep in endpoints}}
+    )
+    sock.send(protocol.REPLY.pack(req_id, protocol.KIND_READY, 0, 0) + ready)
+    try:
+        serve(sock, endpoints)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

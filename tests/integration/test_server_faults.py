@@ -1,0 +1,187 @@
+"""Faults and lifecycle against the real server: killed and stuck workers, overload,
+SIGTERM with requests in flight, reload under load, API keys and rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.support import pid_alive, start_server
+
+pytestmark = pytest.mark.slow
+
+OBS = np.random.default_rng(1).standard_normal((2000, 60, 7)).astype(np.float32)
+
+
+def body(i: int) -> dict:
+    return {"model": "tactical", "observation": OBS[i % len(OBS)].tolist()}
+
+
+async def load(url: str, seconds: float, concurrency: int, start: int = 0) -> list[int]:
+    """Closed-loop clients sending distinct observations; returns every status seen."""
+    statuses: list[int] = []
+    deadline = time.monotonic() + seconds
+    counter = iter(range(start, start + 10**6))
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while time.monotonic() < deadline:
+            r = await client.post("/infer", json=body(next(counter)))
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                assert "retry-after" in r.headers
+
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+    return statuses
+
+
+def wait_until(predicate, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached before the deadline")
+
+
+def ready_workers(url: str) -> list[dict]:
+    workers = httpx.get(f"{url}/stats").json()["workers"]
+    return [w for w in workers if w["state"] == "ready"]
+
+
+def test_worker_killed_under_load_recovers(artifacts_dir: Path) -> None:
+    with start_server(artifacts_dir, workers=2) as server:
+        victim = server.worker_pids()[0]
+
+        async def scenario() -> list[int]:
+            task = asyncio.create_task(load(server.url, 3.0, 16))
+            await asyncio.sleep(1.0)
+            os.kill(victim, signal.SIGKILL)
+            return await task
+
+        statuses = asyncio.run(scenario())
+        counts = Counter(statuses)
+        assert set(counts) <= {200, 503}, counts
+        assert counts[200] > 100
+        wait_until(lambda: len(ready_workers(server.url)) == 2)
+        pids = {w["pid"] for w in ready_workers(server.url)}
+        assert victim not in pids
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        assert httpx.post(f"{server.url}/infer", json=body(1)).status_code == 200
+
+
+def test_stuck_worker_times_out_with_504_and_is_replaced(artifacts_dir: Path) -> None:
+    args = ["--request-timeout-s", "0.5", "--max-inflight-per-worker", "32"]
+    with start_server(artifacts_dir, workers=1, args=args) as server:
+        (worker,) = server.worker_pids()
+        os.kill(worker, signal.SIGSTOP)
+        try:
+
+            async def burst() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                    return await asyncio.gather(
+                        *(client.post("/infer", json=body(i)) for i in range(40))
+                    )
+
+            responses = asyncio.run(burst())
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        counts = Counter(r.status_code for r in responses)
+        assert set(counts) <= {503, 504} and counts[504] >= 1, counts
+        for r in responses:
+            assert r.json()["error"]["code"] in {"inference_timeout", "overloaded",
+                                                 "no_healthy_worker"}
+            if r.status_code == 503:
+                assert int(r.headers["retry-after"]) >= 1
+        wait_until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200)
+        assert not pid_alive(worker)
+        assert httpx.post(f"{server.url}/infer", json=body(7)).status_code == 200
+
+
+def test_sigterm_finishes_in_flight_requests_and_leaves_no_process(artifacts_dir: Path) -> None:
+    with start_server(artifacts_dir, workers=2) as server:
+        workers = server.worker_pids()
+
+        async def scenario() -> list[int]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+                batch = {"model": "tactical", "observations": OBS[:64].tolist()}
+                tasks = [asyncio.create_task(client.post("/infer", json=batch)) for _ in range(8)]
+                await asyncio.sleep(0.02)
+                server.process.send_signal(signal.SIGTERM)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+            return [r.status_code if isinstance(r, httpx.Response) else -1 for r in results]
+
+        statuses = asyncio.run(scenario())
+        # requests already received finish; any the listener no longer took are refused
+        # at connect (-1), never half-answered or failed
+        assert 200 in statuses and set(statuses) <= {200, -1}, statuses
+        assert server.process.wait(30) == 0
+        wait_until(lambda: not any(pid_alive(p) for p in workers), 10)
+
+
+def test_reload_under_load_fails_no_request(artifacts_dir: Path, tmp_path: Path) -> None:
+    arts = tmp_path / "arts"
+    shutil.copytree(artifacts_dir, arts)
+    with start_server(arts, workers=2) as server:
+        old_pids = set(server.worker_pids())
+
+        async def scenario() -> tuple[list[int], httpx.Response]:
+            task = asyncio.create_task(load(server.url, 3.0, 8))
+            await asyncio.sleep(0.5)
+            async with httpx.AsyncClient(timeout=60) as client:
+                reload = await client.post(f"{server.url}/admin/reload")
+            return await task, reload
+
+        statuses, reload = asyncio.run(scenario())
+        assert reload.status_code == 200, reload.text
+        assert Counter(statuses) == Counter({200: len(statuses)})
+        wait_until(lambda: not (set(server.worker_pids()) & old_pids))
+
+        # a manifest whose artifact does not verify is refused; the old one keeps serving
+        manifest = (arts / "manifest.json").read_text()
+        selected = httpx.get(f"{server.url}/models").json()["tactical"]["file"]
+        target = arts / selected
+        target.write_bytes(target.read_bytes() + b"tampered")
+        refused = httpx.post(f"{server.url}/admin/reload", timeout=60)
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "reload_refused"
+        assert "sha256" in refused.json()["error"]["message"]
+        assert httpx.post(f"{server.url}/infer", json=body(3)).status_code == 200
+        assert (arts / "manifest.json").read_text() == manifest
+
+
+def test_tampered_artifact_refused_at_start(artifacts_dir: Path, tmp_path: Path) -> None:
+    arts = tmp_path / "arts"
+    shutil.copytree(artifacts_dir, arts)
+    from optimize.loader import load_manifest
+
+    selected = load_manifest(arts).models["strategic"].selected_variant.file
+    (arts / selected).write_bytes(b"\0" + (arts / selected).read_bytes()[1:])
+    with pytest.raises(RuntimeError, match="sha256"), start_server(arts, workers=1):
+        pass
+
+
+def test_api_key_and_rate_limit(artifacts_dir: Path) -> None:
+    args = ["--api-key", "s3cret", "--rate-limit-rps", "1", "--rate-limit-burst", "3"]
+    with start_server(artifacts_dir, workers=1, args=args) as server:
+        url = f"{server.url}/infer"
+        missing = httpx.post(url, json=body(0))
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
+        wrong = httpx.post(url, json=body(0), headers={"x-api-key": "nope"})
+        assert wrong.status_code == 401
+        statuses = [
+            httpx.post(url, json=body(i), headers={"authorization": "Bearer s3cret"}).status_code
+            for i in range(6)
+        ]
+        assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:]
+        limited = httpx.post(url, json=body(9), headers={"x-api-key": "s3cret"})
+        assert limited.status_code == 429 and "retry-after" in limited.headers

@@ -1,0 +1,188 @@
+"""Balancer, batcher, cache, rate limiter and config: pure, with fakes and a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from server.balancer import LeastLoaded, PowerOfTwo, RoundRobin, make_balancer
+from server.batching import Batcher
+from server.cache import ResponseCache, observation_digest
+from server.config import BalancerStrategy, ConfigError, ServerConfig, load_config
+from server.ratelimit import RateLimiter
+
+
+@dataclass(eq=False)
+class FakeWorker:
+    name: str
+    in_flight: int = 0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_round_robin_cycles_over_eligible_workers() -> None:
+    workers = [FakeWorker("a"), FakeWorker("b"), FakeWorker("c")]
+    rr = RoundRobin()
+    picks = [rr.choose(workers).name for _ in range(6)]
+    assert sorted(picks[:3]) == ["a", "b", "c"]
+    assert picks[:3] == picks[3:]
+
+
+def test_least_loaded_picks_fewest_in_flight() -> None:
+    workers = [FakeWorker("a", 5), FakeWorker("b", 1), FakeWorker("c", 3)]
+    assert LeastLoaded().choose(workers).name == "b"
+
+
+def test_power_of_two_picks_less_loaded_of_two_samples() -> None:
+    workers = [FakeWorker("busy", 100), FakeWorker("idle", 0)]
+    p2 = PowerOfTwo(rng=random.Random(7))
+    assert {p2.choose(workers).name for _ in range(20)} == {"idle"}
+    # with many workers, the most loaded is never chosen (it always loses its pair)
+    many = [FakeWorker(str(i), i) for i in range(8)]
+    assert all(p2.choose(many).name != "7" for _ in range(200))
+
+
+def test_make_balancer_from_strategy() -> None:
+    assert isinstance(make_balancer(BalancerStrategy.ROUND_ROBIN), RoundRobin)
+    assert isinstance(make_balancer(BalancerStrategy.POWER_OF_TWO), PowerOfTwo)
+    assert isinstance(make_balancer(BalancerStrategy.LEAST_LOADED), LeastLoaded)
+
+
+class RecordingPool:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, bytes]] = []
+
+    def submit(self, model_idx: int, rows: int, payload: bytes, futures: list) -> None:
+        self.calls.append((model_idx, rows, payload))
+        for i, fut in enumerate(futures):
+            fut.set_result((payload[i : i + 1], b"p", 0))
+
+
+def test_batcher_gathers_same_tick_rows_and_returns_each_its_own() -> None:
+    async def scenario() -> None:
+        pool = RecordingPool()
+        loop = asyncio.get_running_loop()
+        batcher = Batcher(0, pool.submit, max_batch_size=4, max_queue_delay_us=0, loop=loop)
+        futs = [batcher.submit(bytes([i])) for i in range(6)]
+        # 4 rows filled a batch at once; the other 2 go on the next loop pass
+        assert [c[1] for c in pool.calls] == [4]
+        results = await asyncio.gather(*futs)
+        assert [c[1] for c in pool.calls] == [4, 2]
+        assert [r[0] for r in results] == [bytes([i]) for i in range(6)]
+        assert batcher.queued == 0
+
+    asyncio.run(scenario())
+
+
+def test_batcher_waits_up_to_the_queue_delay() -> None:
+    async def scenario() -> None:
+        pool = RecordingPool()
+        loop = asyncio.get_running_loop()
+        batcher = Batcher(1, pool.submit, max_batch_size=64, max_queue_delay_us=20_000, loop=loop)
+        first = batcher.submit(b"a")
+        await asyncio.sleep(0)
+        assert pool.calls == []  # still waiting for company
+        second = batcher.submit(b"b")
+        await asyncio.gather(first, second)
+        assert [(c[0], c[1]) for c in pool.calls] == [(1, 2)]
+
+    asyncio.run(scenario())
+
+
+def test_cache_ttl_lru_and_version_isolation() -> None:
+    clock = FakeClock()
+    cache = ResponseCache(maxsize=2, ttl_s=10, clock=clock)
+    row = np.full((60, 7), 0.1, dtype=np.float32).tobytes()
+    key_v1 = (b"v1", observation_digest(row))
+    key_v2 = (b"v2", observation_digest(row))
+    assert cache.get(key_v1) is None
+    cache.put(key_v1, ("frag", b"v1", 0))
+    assert cache.get(key_v1) == ("frag", b"v1", 0)
+    assert cache.get(key_v2) is None, "a new version must not see the old entry"
+    clock.now += 11
+    assert cache.get(key_v1) is None, "expired after the TTL"
+    for i in range(3):
+        cache.put((b"v1", bytes([i])), i)
+    assert len(cache) == 2, "LRU bound"
+    assert (cache.hits, cache.misses) == (1, 3)
+
+
+def test_cache_digest_is_of_float32_bytes() -> None:
+    a = np.array([[0.1]], dtype=np.float64).astype(np.float32).tobytes()
+    b = np.array([[0.10000000000000001]], dtype=np.float64).astype(np.float32).tobytes()
+    assert observation_digest(a) == observation_digest(b)
+
+
+def test_cache_coalesces_in_flight_and_stores_under_computing_version() -> None:
+    async def scenario() -> None:
+        cache = ResponseCache(maxsize=10, ttl_s=10)
+        key = (b"v1", b"digest")
+        fut = asyncio.get_running_loop().create_future()
+        cache.track(key, fut)
+        assert cache.joining(key) is fut
+        fut.set_result((b"frag", b"v2", 5))  # computed by a newer version after a reload
+        await asyncio.sleep(0)
+        assert cache.joining(key) is None
+        assert cache.get((b"v2", b"digest")) == (b"frag", b"v2", 5)
+        assert cache.get(key) is None
+
+    asyncio.run(scenario())
+
+
+def test_cache_turned_off() -> None:
+    cache = ResponseCache(maxsize=0, ttl_s=10)
+    cache.put((b"v", b"d"), 1)
+    assert not cache.enabled and cache.get((b"v", b"d")) is None
+
+
+def test_rate_limiter_token_bucket_with_fake_clock() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate_per_s=2, burst=3, clock=clock)
+    assert [limiter.allow("c") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("other")
+    clock.now += 0.5
+    assert limiter.allow("c") and not limiter.allow("c")
+
+
+def test_config_flags_override_environment() -> None:
+    env = {"PIS_PORT": "9000", "PIS_CACHE_TTL_S": "5", "PIS_BALANCER": "power_of_two"}
+    config = load_config(["--port", "9100"], env)
+    assert config.port == 9100
+    assert config.cache_ttl_s == 5.0
+    assert config.balancer is BalancerStrategy.POWER_OF_TWO
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["--balancer", "fastest"], "round_robin, least_loaded, power_of_two"),
+        (["--workers", "0"], "write a count from 1 to 64"),
+        (["--max-queue-delay-us", "-1"], "write 0"),
+        (["--agent-weights", "tactical=1,1"], "tactical=1,1,1"),
+        (["--monitoring", "--workers", "two"], "is not valid for workers"),
+    ],
+)
+def test_config_errors_say_what_to_write(argv: list[str], hint: str) -> None:
+    with pytest.raises(ConfigError, match=hint):
+        load_config(argv, {})
+
+
+def test_config_round_trips_to_workers_without_the_api_key() -> None:
+    from server.config import config_from_json_dict
+
+    config = ServerConfig(api_key="secret", agent_weights=(("tactical", (1.0, 2.0, 1.0)),))
+    data = config.to_json_dict()
+    assert data["api_key"] is None
+    back = config_from_json_dict(data)
+    assert back.agent_weights == config.agent_weights
+    assert back.weights_for("tactical") == (1.0, 2.0, 1.0)
