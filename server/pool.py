@@ -110,7 +110,7 @@ class WorkerPool:
         config: ServerConfig,
         *,
         balancer: Balancer | None = None,
-        on_batch: Callable[[str, int, int, int], None] | None = None,
+        on_batch: Callable[[str, int, float, int], None] | None = None,
         on_worker_event: Callable[[str, int], None] | None = None,
     ) -> None:
         self.config = config
@@ -302,7 +302,7 @@ class WorkerPool:
             for fut, fragment in zip(pending.futures, fragments, strict=True):
                 if not fut.done():
                     fut.set_result((fragment, prefix, elapsed_ns))
-            self._on_batch(MODEL_NAMES[pending.model_idx], rows, elapsed_ns, worker.pid)
+            self._on_batch(MODEL_NAMES[pending.model_idx], rows, elapsed_ns / 1000.0, worker.pid)
         if worker.state is WorkerState.DRAINING and not worker.pending:
             self._retire(worker)
 

@@ -87,7 +87,7 @@ def warm_up(endpoints: list[ModelEndpoint], calls: int) -> None:
         for batch in (1, 8, 32):
             obs = rng.standard_normal((batch, *ep.shape)).astype(np.float32)
             for _ in range(max(1, calls // batch)):
-                ep.infer(memoryview(obs.tobytes()), batch)
+                ep.infer(memoryview(bytearray(obs.tobytes())), batch)
 
 
 def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
@@ -95,14 +95,18 @@ def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
     reply = protocol.REPLY
     head = header.size
     clock = time.perf_counter_ns
+    # One receive buffer for the worker's life: no allocation per frame, and the arrays
+    # viewed on it are writable (torch warns on read-only ones).
+    buffer = bytearray(protocol.MAX_FRAME_BYTES)
+    view = memoryview(buffer)
     while True:
-        frame = sock.recv(protocol.MAX_FRAME_BYTES)
-        if not frame:
+        size = sock.recv_into(buffer)
+        if not size:
             return
-        req_id, model_idx, rows = header.unpack_from(frame)
+        req_id, model_idx, rows = header.unpack_from(buffer)
         start = clock()
         try:
-            fragments = endpoints[model_idx].infer(memoryview(frame)[head:], rows)
+            fragments = endpoints[model_idx].infer(view[head:size], rows)
         except Exception as exc:  # answer, never die: the front turns this into a 500
             message = f"{type(exc).__name__}: {exc}".encode()[:4000]
             sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
