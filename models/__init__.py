@@ -5,13 +5,22 @@ shares the specs, the ensemble rule and the checkpoint format defined in this pa
 """
 
 from models.ensemble import EnsembleRule
-from models.policy import PolicySystem, build_default, load_checkpoint, save_checkpoint
+from models.policy import (
+    CheckpointMismatch,
+    FusedPolicy,
+    PolicySystem,
+    build_default,
+    load_checkpoint,
+    save_checkpoint,
+)
 from models.spec import ACTIONS, SPECS, ModelSpec, get_spec
 
 __all__ = [
     "ACTIONS",
     "SPECS",
+    "CheckpointMismatch",
     "EnsembleRule",
+    "FusedPolicy",
     "ModelSpec",
     "PolicySystem",
     "build_default",

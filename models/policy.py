@@ -174,6 +174,9 @@ def load_checkpoint(name: str, path: str | Path) -> PolicySystem:
             f"{path} does not fit model {name!r} ({spec.rows}x{spec.features} input, agents "
             f"{', '.join(spec.agents)}, hidden {spec.hidden}): " + "; ".join(problems)
         )
+    bad = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
+    if bad:
+        raise CheckpointMismatch(f"{path}: weights {bad} contain NaN or Infinity")
     model = PolicySystem(spec)
     model.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
     return model.eval()

@@ -54,7 +54,7 @@ def _model_info(runtime: Runtime) -> dict[str, Any]:
     return out
 
 
-def build_api(runtime: Runtime) -> FastAPI:
+def _lifespan(runtime: Runtime):
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
@@ -73,8 +73,13 @@ def build_api(runtime: Runtime) -> FastAPI:
             loop.remove_signal_handler(signal.SIGHUP)
             await runtime.stop()
 
-    api = FastAPI(title="policy inference server", lifespan=lifespan, docs_url=None,
-                  redoc_url=None)
+    return lifespan
+
+
+def build_api(runtime: Runtime) -> FastAPI:
+    api = FastAPI(
+        title="policy inference server", lifespan=_lifespan(runtime), docs_url=None, redoc_url=None
+    )
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
@@ -85,6 +90,11 @@ def build_api(runtime: Runtime) -> FastAPI:
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
         return _error(422, "invalid_request", str(exc.errors()))
 
+    _add_operations(api, runtime)
+    return api
+
+
+def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one route each
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
@@ -134,17 +144,17 @@ def build_api(runtime: Runtime) -> FastAPI:
     @api.post("/admin/reload")
     async def reload(request: Request) -> Response:
         key = runtime.config.api_key
-        if key and request.headers.get("x-api-key") != key and request.headers.get(
-            "authorization"
-        ) != f"Bearer {key}":
+        if (
+            key
+            and request.headers.get("x-api-key") != key
+            and request.headers.get("authorization") != f"Bearer {key}"
+        ):
             return _error(401, "unauthorized", "send the API key as X-API-Key")
         try:
             versions = await runtime.reload()
         except ReloadRefused as exc:
             return _error(409, "reload_refused", str(exc))
         return JSONResponse({"status": "reloaded", "versions": versions})
-
-    return api
 
 
 async def _reload_logged(runtime: Runtime) -> None:

@@ -15,7 +15,16 @@ Submit = Callable[[int, int, bytes, list], None]
 
 
 class Batcher:
-    __slots__ = ("_delay_s", "_futures", "_handle", "_loop", "_max", "_model_idx", "_rows", "_submit")
+    __slots__ = (
+        "_delay_s",
+        "_futures",
+        "_handle",
+        "_loop",
+        "_max",
+        "_model_idx",
+        "_rows",
+        "_submit",
+    )
 
     def __init__(
         self,

@@ -69,10 +69,12 @@ class InferHandler:
         self.max_body = config.max_body_bytes
         self.api_key = config.api_key.encode() if config.api_key else None
         self.accepting = True
+        self.in_progress = 0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         start = time.perf_counter_ns()
         model = ""
+        self.in_progress += 1
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed("use POST /infer with a JSON body")
@@ -82,23 +84,21 @@ class InferHandler:
             await self._answer(parsed, start, send)
         except ApiError as error:
             self.monitor.record_request(
-                model, error.status, (time.perf_counter_ns() - start) / _NS_PER_US, 0, 0, 0, 0, False
+                model,
+                error.status,
+                (time.perf_counter_ns() - start) / _NS_PER_US,
+                0,
+                0,
+                0,
+                0,
+                False,
             )
             await send_error(send, error)
+        finally:
+            self.in_progress -= 1
 
     async def _read_checked(self, scope: dict, receive: Any) -> bytes:
-        content_type = b""
-        length = -1
-        key = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                length = int(value) if value.isdigit() else -1
-            elif name == b"x-api-key":
-                key = value
-            elif name == b"authorization" and value[:7].lower() == b"bearer ":
-                key = value[7:]
+        content_type, length, key = _scan_headers(scope["headers"])
         if self.api_key is not None and key != self.api_key:
             raise Unauthorized(
                 "missing or wrong API key; send it as 'X-API-Key: <key>' or "
@@ -138,39 +138,22 @@ class InferHandler:
         if not self.accepting:
             raise NoHealthyWorker("the server is shutting down")
         parsed_at = time.perf_counter_ns()
-        idx = parsed.model_idx
-        prefix = self.pool.prefixes[idx]
-        cache = self.cache
-        batcher = self.batchers[idx]
-        waits: list = []
-        hits = 0
-        for row in parsed.rows:
-            key = (prefix, observation_digest(row))
-            hit = cache.get(key)
-            if hit is not None:
-                waits.append(hit)
-                hits += 1
-                continue
-            fut = cache.joining(key)
-            if fut is None:
-                fut = batcher.submit(row)
-                cache.track(key, fut)
-            waits.append(fut)
-        looked_up = time.perf_counter_ns()
-        results, error = await _gather(waits)
-        if error is not None:
-            raise error
-        done = time.perf_counter_ns()
         if parsed.batch:
-            body = _batch_body(results, waits)
+            body, inference_ns, all_cached = await self._answer_batch(parsed)
+            looked_up = parsed_at
         else:
-            first = results[0]
-            body = first[1] + first[0] + (_CACHED if hits else _FRESH)
+            row = parsed.rows[0]
+            key = (self.pool.prefixes[parsed.model_idx], observation_digest(row))
+            result = self.cache.get(key)
+            all_cached = result is not None
+            looked_up = time.perf_counter_ns()
+            if result is None:
+                result = await self._compute(parsed.model_idx, key, row)
+            inference_ns = 0 if all_cached else result[2]
+            body = result[1] + result[0] + (_CACHED if all_cached else _FRESH)
+        done = time.perf_counter_ns()
         await send_json(send, 200, body)
         end = time.perf_counter_ns()
-        inference_ns = max(
-            (r[2] for r, w in zip(results, waits, strict=True) if type(w) is not tuple), default=0
-        )
         self.monitor.record_request(
             parsed.model,
             200,
@@ -179,8 +162,66 @@ class InferHandler:
             (looked_up - parsed_at) / _NS_PER_US,
             max(0, done - looked_up - inference_ns) / _NS_PER_US,
             inference_ns / _NS_PER_US,
-            hits == len(parsed.rows),
+            all_cached,
         )
+
+    async def _compute(self, model_idx: int, key: tuple, row: bytes) -> tuple:
+        fut = self.cache.joining(key)
+        if fut is not None:
+            return await fut
+        if self.in_progress == 1 and self.pool.idle():
+            result = self.pool.run_inline(model_idx, row)
+            self.cache.put((result[1], key[1]), result)
+            return result
+        fut = self.batchers[model_idx].submit(row)
+        self.cache.track(key, fut)
+        return await fut
+
+    async def _answer_batch(self, parsed: Any) -> tuple[bytes, int, bool]:
+        idx = parsed.model_idx
+        prefix = self.pool.prefixes[idx]
+        cache = self.cache
+        batcher = self.batchers[idx]
+        waits: list = []
+        cached: list[bool] = []
+        for row in parsed.rows:
+            key = (prefix, observation_digest(row))
+            hit = cache.get(key)
+            cached.append(hit is not None)
+            if hit is not None:
+                waits.append(hit)
+                continue
+            fut = cache.joining(key)
+            if fut is None:
+                fut = batcher.submit(row)
+                cache.track(key, fut)
+            waits.append(fut)
+        results, error = await _gather(waits)
+        if error is not None:
+            raise error
+        parts = [
+            b"{" + r[0] + (_CACHED if c else _FRESH) for r, c in zip(results, cached, strict=True)
+        ]
+        body = results[0][1] + b'"results":[' + b",".join(parts) + b"]}"
+        inference_ns = max((r[2] for r, c in zip(results, cached, strict=True) if not c), default=0)
+        return body, inference_ns, all(cached)
+
+
+def _scan_headers(headers: list) -> tuple[bytes, int, bytes | None]:
+    """Content type, content length (-1 if absent) and the API key, in one pass."""
+    content_type = b""
+    length = -1
+    key = None
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            length = int(value) if value.isdigit() else -1
+        elif name == b"x-api-key":
+            key = value
+        elif name == b"authorization" and value[:7].lower() == b"bearer ":
+            key = value[7:]
+    return content_type, length, key
 
 
 async def _gather(waits: list) -> tuple[list, ApiError | None]:
@@ -198,11 +239,3 @@ async def _gather(waits: list) -> tuple[list, ApiError | None]:
         except asyncio.CancelledError:
             raise
     return results, error
-
-
-def _batch_body(results: list, waits: list) -> bytes:
-    parts = [
-        b"{" + r[0] + (_CACHED if type(w) is tuple else _FRESH)
-        for r, w in zip(results, waits, strict=True)
-    ]
-    return results[0][1] + b'"results":[' + b",".join(parts) + b"]}"

@@ -10,7 +10,7 @@ from typing import Any
 
 from models.spec import SPECS
 from monitoring import Monitor, MonitorConfig, WorkerSnapshot
-from optimize.loader import load_manifest, verify_artifacts
+from optimize.loader import verify_artifacts
 from server.batching import Batcher
 from server.cache import ResponseCache
 from server.config import ServerConfig
@@ -54,7 +54,9 @@ class Runtime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.manifest = await loop.run_in_executor(None, verify_artifacts, self.config.artifacts_dir)
+        self.manifest = await loop.run_in_executor(
+            None, verify_artifacts, self.config.artifacts_dir
+        )
         self.monitor = Monitor(monitor_config(self.config, self.manifest))
         pool = WorkerPool(
             self.config,
@@ -114,9 +116,7 @@ class Runtime:
         assert self.pool is not None
         loop = asyncio.get_running_loop()
         try:
-            manifest = await loop.run_in_executor(
-                None, verify_artifacts, self.config.artifacts_dir
-            )
+            manifest = await loop.run_in_executor(None, verify_artifacts, self.config.artifacts_dir)
         except Exception as exc:
             raise ReloadRefused(f"new manifest refused, still serving the old one: {exc}") from exc
         try:

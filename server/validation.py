@@ -80,7 +80,9 @@ class RequestParser:
             raise InvalidObservation('send either "observation" or "observations", not both')
         suspicious = b"u" in body or b"f" in body
         if single is not None:
-            arr = self._to_array(single, spec, (spec.rows, spec.features), "observation", suspicious)
+            arr = self._to_array(
+                single, spec, (spec.rows, spec.features), "observation", suspicious
+            )
             return ParsedRequest(model, idx, [arr.tobytes()], False)
         if many is None:
             raise InvalidObservation(

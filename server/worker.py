@@ -9,6 +9,7 @@ outlives a killed front.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import signal
@@ -112,7 +113,9 @@ def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
             sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
             continue
         elapsed = min(clock() - start, 0xFFFFFFFF)
-        sock.send(reply.pack(req_id, protocol.KIND_OK, rows, elapsed) + protocol.pack_fragments(fragments))
+        sock.send(
+            reply.pack(req_id, protocol.KIND_OK, rows, elapsed) + protocol.pack_fragments(fragments)
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,10 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         {"pid": os.getpid(), "versions": {ep.spec.name: ep.served.version for ep in endpoints}}
     )
     sock.send(protocol.REPLY.pack(req_id, protocol.KIND_READY, 0, 0) + ready)
-    try:
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
         serve(sock, endpoints)
-    except (ConnectionResetError, BrokenPipeError):
-        pass
     return 0
 
 

@@ -98,8 +98,11 @@ def test_stuck_worker_times_out_with_504_and_is_replaced(artifacts_dir: Path) ->
         counts = Counter(r.status_code for r in responses)
         assert set(counts) <= {503, 504} and counts[504] >= 1, counts
         for r in responses:
-            assert r.json()["error"]["code"] in {"inference_timeout", "overloaded",
-                                                 "no_healthy_worker"}
+            assert r.json()["error"]["code"] in {
+                "inference_timeout",
+                "overloaded",
+                "no_healthy_worker",
+            }
             if r.status_code == 503:
                 assert int(r.headers["retry-after"]) >= 1
         wait_until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200)
@@ -147,6 +150,14 @@ def test_reload_under_load_fails_no_request(artifacts_dir: Path, tmp_path: Path)
         assert reload.status_code == 200, reload.text
         assert Counter(statuses) == Counter({200: len(statuses)})
         wait_until(lambda: not (set(server.worker_pids()) & old_pids))
+
+        # SIGHUP does the same
+        before = set(server.worker_pids())
+        server.process.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: len(server.worker_pids()) == 2 and not set(server.worker_pids()) & before
+        )
+        assert httpx.post(f"{server.url}/infer", json=body(2)).status_code == 200
 
         # a manifest whose artifact does not verify is refused; the old one keeps serving
         manifest = (arts / "manifest.json").read_text()

@@ -80,7 +80,9 @@ def test_single_and_batch_agree_with_float32_reference(server, artifacts_dir, mo
 
 def test_repeat_is_served_from_cache_with_same_outputs(server) -> None:
     obs = np.random.default_rng(3).standard_normal((60, 7))
-    first = httpx.post(f"{server.url}/infer", json={"model": "tactical", "observation": obs.tolist()})
+    first = httpx.post(
+        f"{server.url}/infer", json={"model": "tactical", "observation": obs.tolist()}
+    )
     # 0.1 and 0.10 are the same float32: a textual variant of the body hits the same entry
     text = json.dumps({"observation": obs.astype(np.float32).tolist(), "model": "tactical"})
     second = httpx.post(

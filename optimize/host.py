@@ -1,0 +1,58 @@
+"""What the measurements were taken on: library versions and the CPU."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from optimize.manifest import HostInfo, LibraryVersions
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def library_versions() -> LibraryVersions:
+    return LibraryVersions(
+        python=platform.python_version(),
+        torch=_version("torch") or "missing",
+        onnx=_version("onnx") or "missing",
+        onnxruntime=_version("onnxruntime") or "missing",
+        numpy=_version("numpy") or "missing",
+        onnxscript=_version("onnxscript"),
+    )
+
+
+def cpu_model(proc_cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """/proc/cpuinfo is read directly (py-cpuinfo takes a second or more to probe)."""
+    try:
+        for line in proc_cpuinfo.read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        import cpuinfo
+
+        return str(cpuinfo.get_cpu_info().get("brand_raw") or platform.processor() or "unknown")
+    except Exception:
+        return platform.processor() or "unknown"
+
+
+def host_info() -> HostInfo:
+    cores = os.cpu_count() or 1
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = cores
+    return HostInfo(
+        cpu_model=cpu_model(),
+        cores=cores,
+        usable_cores=usable,
+        platform=platform.platform(),
+    )

@@ -1,0 +1,114 @@
+"""Latency of runners on this host, one thread, one call at a time.
+
+All runners of a model are timed in interleaved rounds (the order rotating each round), so a
+slow drift of the host, another process waking up, or a frequency change affects every
+variant alike instead of whichever happened to be measured at the time. The garbage
+collector is paused while a round is timed: a collection triggered by the harness's own
+allocations would otherwise be charged to whichever variant was running.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimize.manifest import LatencyUs
+from optimize.runners import Runner
+
+Clock = Callable[[], int]
+REWARM_CALLS = 20  # untimed calls before each round: caches were just used by another runner
+
+
+@dataclass(frozen=True)
+class Measurement:
+    latency_us: LatencyUs
+    calls_per_s: float  # one thread, back to back: 1e6 / mean batch-1 latency in us
+    per_sample_us_batch32: float  # median batch-32 call / 32
+    calls_batch1: int
+    calls_batch32: int
+
+
+def _time_calls(runner: Runner, x: np.ndarray, calls: int, clock: Clock) -> np.ndarray:
+    samples = np.empty(calls, dtype=np.int64)
+    run = runner.run
+    for i in range(calls):
+        start = clock()
+        run(x)
+        samples[i] = clock() - start
+    return samples
+
+
+def time_interleaved(
+    runners: Mapping[str, Runner],
+    x: np.ndarray,
+    *,
+    calls: int,
+    warmup_calls: int,
+    rounds: int,
+    clock: Clock = time.perf_counter_ns,
+) -> dict[str, np.ndarray]:
+    """Per-call durations in ns for each runner, ``calls`` each, over ``rounds`` rounds."""
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup_calls):
+            runners[name].run(x)
+    per_round = [calls // rounds + (1 if r < calls % rounds else 0) for r in range(rounds)]
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    gc.collect()
+    for r, n in enumerate(per_round):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            for _ in range(REWARM_CALLS):
+                runners[name].run(x)
+            gc.disable()
+            try:
+                chunks[name].append(_time_calls(runners[name], x, n, clock))
+            finally:
+                gc.enable()
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def latency_percentiles(samples_ns: np.ndarray) -> LatencyUs:
+    p50, p99, p99_9 = np.percentile(samples_ns, [50.0, 99.0, 99.9]) / 1000.0
+    return LatencyUs(
+        p50=round(float(p50), 3), p99=round(float(p99), 3), p99_9=round(float(p99_9), 3)
+    )
+
+
+def measure(
+    runners: Mapping[str, Runner],
+    batch1: np.ndarray,
+    batch32: np.ndarray,
+    *,
+    calls: int,
+    calls_batch32: int,
+    warmup_calls: int,
+    rounds: int,
+    clock: Clock = time.perf_counter_ns,
+) -> dict[str, Measurement]:
+    single = time_interleaved(
+        runners, batch1, calls=calls, warmup_calls=warmup_calls, rounds=rounds, clock=clock
+    )
+    batched = time_interleaved(
+        runners,
+        batch32,
+        calls=calls_batch32,
+        warmup_calls=min(warmup_calls, calls_batch32),
+        rounds=rounds,
+        clock=clock,
+    )
+    results = {}
+    for name in runners:
+        mean_us = float(np.mean(single[name])) / 1000.0
+        results[name] = Measurement(
+            latency_us=latency_percentiles(single[name]),
+            calls_per_s=round(1e6 / mean_us, 1),
+            per_sample_us_batch32=round(float(np.median(batched[name])) / 1000.0 / len(batch32), 4),
+            calls_batch1=int(single[name].size),
+            calls_batch32=int(batched[name].size),
+        )
+    return results
