@@ -231,10 +231,14 @@ class WorkerPool:
         self._dispatch(pending, exclude=None)
 
     def idle(self) -> bool:
-        for w in self.active:
-            if w.in_flight:
+        """Every worker ready and without work: the inline lane may take a lone row. It is
+        an accelerator, not a substitute: with no healthy worker requests get 503."""
+        if self.inline is None:
+            return False
+        for w in self.active:  # noqa: SIM110 - no generator on the hot path
+            if w.in_flight or w.state is not WorkerState.READY:
                 return False
-        return self.inline is not None
+        return True
 
     def run_inline(self, model_idx: int, row: bytes) -> RowResult:
         """One row on the front's own runtime (caller checked ``idle()``)."""

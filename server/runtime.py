@@ -39,6 +39,7 @@ def monitor_config(config: ServerConfig, manifest: Any) -> MonitorConfig:
         webhook_url=config.alert_webhook_url,
         baseline_latency_us=baseline,
         enabled=config.monitoring,
+        models=MODEL_NAMES,
     )
 
 

@@ -104,17 +104,17 @@ def start_server(
     ready_timeout_s: float = 90.0,
 ) -> Iterator[ServerHandle]:
     port = free_port()
-    log_file = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)
-    log_path = Path(log_file.name)
+    log_path = Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1])
     process_env = {**os.environ, **(env or {})}
     command = [
         sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
         "--artifacts", str(artifacts_dir), "--workers", str(workers),
         "--no-build-artifacts-if-missing", *args,
     ]  # fmt: skip
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=process_env, stdout=log_file, stderr=subprocess.STDOUT
-    )
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=process_env, stdout=log_file, stderr=subprocess.STDOUT
+        )
     handle = ServerHandle(process, port, log_path)
     try:
         wait_ready(handle.url, process, log_path, ready_timeout_s)
@@ -129,5 +129,4 @@ def start_server(
         for pid in leftover:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        log_file.close()
         assert not leftover, f"worker processes outlived the server: {leftover}"

@@ -1,0 +1,615 @@
+"""The facade the server calls: record_* on the hot path, tick once a second, and the bodies of
+/stats, /alerts and /metrics.
+
+Threading: every method is meant to be called from the front's event loop thread. The hot path
+takes no lock; ``tick`` swaps the per-second count lists, which is safe because it runs on the
+same thread. Only the webhook posts from its own daemon thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from math import frexp
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+from monitoring.alerts import AlertEvent, AlertManager
+from monitoring.config import STAGES, AlertRule, MonitorConfig, WorkerSnapshot
+from monitoring.histogram import (
+    BUCKET_MIDPOINTS,
+    LAST_BUCKET,
+    N_BUCKETS,
+    QUANTILES,
+    Histogram,
+    coarse,
+    quantiles_from_counts,
+)
+from monitoring.history import HistoryWriter
+from monitoring.prom import TextBuilder
+from monitoring.series import (
+    CACHED_SLOT,
+    MAX_TRACKED_BATCH,
+    OFFSET,
+    SEGMENTS,
+    Aggregate,
+    ModelSeries,
+)
+from monitoring.webhook import WebhookSink
+
+log = logging.getLogger("monitoring")
+
+UNKNOWN_MODEL = "unknown"
+SLICE_S = 1.0
+#: a tick arriving a little early still rotates (a 1 Hz caller jitters)
+_ROTATE_AFTER_S = 0.9 * SLICE_S
+_OFF_PARSE, _OFF_CACHE, _OFF_QUEUE, _OFF_INFER, _OFF_TOTAL, _OFF_BATCH1 = (
+    OFFSET[name] for name in SEGMENTS
+)
+_STATUS_ERROR_MIN = 500
+WorkerEvent = Literal["started", "died", "restarted"]
+
+
+def _noop(*_args: object, **_kwargs: object) -> None:
+    return None
+
+
+class Monitor:
+    def __init__(
+        self,
+        config: MonitorConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config = config or MonitorConfig()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        now = clock()
+        self._started = now
+        self._started_wall = wall_clock()
+        self._slice_start = now
+        self._max_slices = math.ceil(config.window_s / _ROTATE_AFTER_S) + 2
+        self._series: dict[str, ModelSeries] = {}
+        self._aliases: dict[str, ModelSeries] = {}  # "" and "unknown" -> the unknown series
+        self._timeline: deque[dict[str, Any]] = deque(maxlen=self._max_slices)
+        self._workers: list[WorkerSnapshot] = []
+        self._queue_depth: dict[str, int] = {}
+        self._worker_hist: dict[int, Histogram] = {}  # pid -> batch inference time
+        self._worker_batches: dict[int, Counter[int]] = {}  # pid -> batch sizes
+        self._retired_hist: dict[int, Histogram] = {}  # worker index -> folded dead pids
+        self._pid_index: dict[int, int] = {}
+        self._served_base: dict[int, int] = {}  # worker index -> served by earlier pids
+        self._served_last: dict[int, tuple[int, int]] = {}  # worker index -> (pid, served)
+        self._worker_events: Counter[str] = Counter()
+        self._regression: dict[str, dict[str, Any]] = {}
+        self._reference: dict[str, np.ndarray] = {}
+        self._last_regression_check = now
+        self._history = None
+        if config.history_dir is not None:
+            self._history = HistoryWriter(
+                config.history_dir, max_files=config.history_max_files, wall_clock=wall_clock
+            )
+        self._last_history = now
+        self._history_prev: dict[str, np.ndarray] = {}
+        self._history_prev_status: dict[str, dict[int, int]] = {}
+        self._webhook = None
+        if config.webhook_url:
+            self._webhook = WebhookSink(
+                config.webhook_url,
+                timeout_s=config.webhook_timeout_s,
+                retries=config.webhook_retries,
+            )
+        # scipy takes ~0.3 s to import: pay it at start-up, not in the first tick's event loop.
+        # (Imported here, not at module level, so `python -m monitoring.regress` does not find
+        # itself already imported through the package.)
+        import monitoring.regress  # noqa: F401
+
+        self._alerts = AlertManager(config.alert_rules, clock=clock, wall_clock=wall_clock)
+        if self._webhook is not None:
+            self._alerts.add_listener(self._post_event)
+        unknown = ModelSeries(UNKNOWN_MODEL, now, self._max_slices)
+        self._series[UNKNOWN_MODEL] = self._aliases[""] = self._aliases[UNKNOWN_MODEL] = unknown
+        for name in config.models:
+            self._series_for(name)
+        if not config.enabled:
+            self.record_request = _noop  # type: ignore[method-assign]
+            self.record_batch = _noop  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------ hot path
+
+    def record_request(  # noqa: C901 - inlined on purpose: a helper call per stage costs ~60 ns
+        self,
+        model: str,
+        status: int,
+        total_us: float,
+        parse_us: float,
+        cache_us: float,
+        queue_us: float,
+        inference_us: float,
+        cached: bool,
+    ) -> None:
+        """One answered request. A stage time of 0 means the stage did not run (a cache hit has
+        no queue or inference time; a 400 has no cache time) and is not recorded."""
+        series = self._series.get(model)
+        if series is None:
+            series = self._series_for(model)
+        counts = series.cur
+        maxes = series.cur_max
+        status_counts = series.status
+        status_counts[status] = status_counts.get(status, 0) + 1
+        if cached:
+            counts[CACHED_SLOT] += 1
+        # bucket index = exponent * 128 + int(mantissa * 256): see monitoring.histogram
+        mantissa, exponent = frexp(total_us)
+        index = exponent * 128 + int(mantissa * 256)
+        if index < 0:
+            index = 0
+        elif index > LAST_BUCKET:
+            index = LAST_BUCKET
+        counts[_OFF_TOTAL + index] += 1
+        if total_us > maxes[4]:
+            maxes[4] = total_us
+        if parse_us > 0.0:
+            mantissa, exponent = frexp(parse_us)
+            index = exponent * 128 + int(mantissa * 256)
+            if index < 0:
+                index = 0
+            elif index > LAST_BUCKET:
+                index = LAST_BUCKET
+            counts[_OFF_PARSE + index] += 1
+            if parse_us > maxes[0]:
+                maxes[0] = parse_us
+        if cache_us > 0.0:
+            mantissa, exponent = frexp(cache_us)
+            index = exponent * 128 + int(mantissa * 256)
+            if index < 0:
+                index = 0
+            elif index > LAST_BUCKET:
+                index = LAST_BUCKET
+            counts[_OFF_CACHE + index] += 1
+            if cache_us > maxes[1]:
+                maxes[1] = cache_us
+        if queue_us > 0.0:
+            mantissa, exponent = frexp(queue_us)
+            index = exponent * 128 + int(mantissa * 256)
+            if index < 0:
+                index = 0
+            elif index > LAST_BUCKET:
+                index = LAST_BUCKET
+            counts[_OFF_QUEUE + index] += 1
+            if queue_us > maxes[2]:
+                maxes[2] = queue_us
+        if inference_us > 0.0:
+            mantissa, exponent = frexp(inference_us)
+            index = exponent * 128 + int(mantissa * 256)
+            if index < 0:
+                index = 0
+            elif index > LAST_BUCKET:
+                index = LAST_BUCKET
+            counts[_OFF_INFER + index] += 1
+            if inference_us > maxes[3]:
+                maxes[3] = inference_us
+
+    def record_batch(self, model: str, size: int, inference_us: float, worker_pid: int) -> None:
+        """One batch call answered by a worker, with the inference time the worker measured."""
+        series = self._series.get(model)
+        if series is None:
+            series = self._series_for(model)
+        if size > MAX_TRACKED_BATCH:
+            size = MAX_TRACKED_BATCH
+        batches = series.cur_batches
+        batches[size] = batches.get(size, 0) + 1
+        if size == 1:
+            mantissa, exponent = frexp(inference_us)
+            index = exponent * 128 + int(mantissa * 256)
+            if index < 0:
+                index = 0
+            elif index > LAST_BUCKET:
+                index = LAST_BUCKET
+            series.cur[_OFF_BATCH1 + index] += 1
+            if inference_us > series.cur_max[5]:
+                series.cur_max[5] = inference_us
+        histogram = self._worker_hist.get(worker_pid)
+        if histogram is None:
+            histogram = self._worker_hist[worker_pid] = Histogram()
+            self._worker_batches[worker_pid] = Counter()
+        histogram.record(inference_us)
+        self._worker_batches[worker_pid][size] += 1
+
+    def _series_for(self, model: str) -> ModelSeries:
+        """The series of a model name not seen before (or of "unknown", without caching the
+        name, so a client sending random names cannot grow memory)."""
+        alias = self._aliases.get(model)
+        if alias is not None:
+            return alias
+        if self.config.models:
+            allowed = model in self.config.models
+        else:  # the unknown series does not count against the cap
+            allowed = len(self._series) <= self.config.max_models
+        if not model or not allowed:
+            return self._series[UNKNOWN_MODEL]
+        series = ModelSeries(model, self._clock(), self._max_slices)
+        self._series[model] = series
+        return series
+
+    def worker_event(self, event: WorkerEvent, pid: int) -> None:
+        self._worker_events[event] += 1
+        if event != "started":
+            log.info("worker %s: pid %d", event, pid)
+
+    # ------------------------------------------------------------------ once a second
+
+    def tick(self, workers: Sequence[WorkerSnapshot], queue_depth: dict[str, int]) -> None:
+        """Rotate the per-second slices, evaluate alerts, maybe write a history snapshot."""
+        now = self._clock()
+        self._observe_workers(workers)
+        self._queue_depth = dict(queue_depth)
+        if now - self._slice_start >= _ROTATE_AFTER_S:
+            self._rotate(now)
+        if now - self._last_regression_check >= self.config.regression.check_interval_s:
+            self._last_regression_check = now
+            self._check_regression(now)
+        self._alerts.evaluate(self._rule_values(now))
+        if self._history is not None and now - self._last_history >= (
+            self.config.history_interval_s
+        ):
+            self._history.append(self._history_record(now))
+
+    def _observe_workers(self, workers: Sequence[WorkerSnapshot]) -> None:
+        self._workers = list(workers)
+        live = {worker.pid for worker in workers}
+        for worker in workers:
+            self._pid_index[worker.pid] = worker.index
+            last_pid, last_served = self._served_last.get(worker.index, (worker.pid, 0))
+            if last_pid != worker.pid:  # a new process in this slot: keep the counter monotone
+                self._served_base[worker.index] = self._served_base.get(worker.index, 0) + (
+                    last_served
+                )
+            self._served_last[worker.index] = (worker.pid, worker.served)
+        for pid in [pid for pid in self._worker_hist if pid not in live]:
+            index = self._pid_index.pop(pid, None)
+            histogram = self._worker_hist.pop(pid)
+            self._worker_batches.pop(pid, None)
+            if index is not None:
+                self._retired_hist.setdefault(index, Histogram()).merge(histogram)
+        for pid in [pid for pid in self._pid_index if pid not in live]:
+            del self._pid_index[pid]  # dead pids that never reported a batch
+
+    def _rotate(self, now: float) -> None:
+        start, self._slice_start = self._slice_start, now
+        oldest = now - self.config.window_s
+        total = np.zeros(N_BUCKETS, dtype=np.int64)
+        requests = errors = ok = cached = 0
+        for series in self._series.values():
+            piece = series.rotate(start, now)
+            series.expire(oldest)
+            in_total = (piece.index >= _OFF_TOTAL) & (piece.index < _OFF_TOTAL + N_BUCKETS)
+            total[piece.index[in_total] - _OFF_TOTAL] += piece.count[in_total]
+            cached += int(piece.count[piece.index == CACHED_SLOT].sum())
+            for code, n in piece.status.items():
+                requests += n
+                errors += n if code >= _STATUS_ERROR_MIN else 0
+                ok += n if code == 200 else 0
+        point: dict[str, Any] = {
+            "t": self._wall_clock(),
+            "requests": requests,
+            "rps": requests / max(now - start, 1e-9),
+            "errors": errors,
+            "ok": ok,
+            "cached": cached,
+        }
+        values = quantiles_from_counts(total, QUANTILES.values())
+        point.update({f"{name}_us": v for name, v in zip(QUANTILES, values, strict=True)})
+        self._timeline.append(point)
+
+    # ------------------------------------------------------------------ views
+
+    def _window(self, now: float, window_s: float, model: str | None = None) -> Aggregate:
+        """Rotated slices only: alerts are evaluated right after a rotation."""
+        agg = Aggregate()
+        for name, series in self._series.items():
+            if model is None or name == model:
+                agg.add(series.window(now - window_s, now, include_current=False))
+        return agg
+
+    def _rule_values(self, now: float) -> dict[str, float | None]:
+        windows: dict[tuple[float, str | None], Aggregate] = {}  # rules sharing a window
+        values: dict[str, float | None] = {}
+        for rule in self._alerts.rules:
+            values[rule.name] = self._rule_value(rule, now, windows)
+        return values
+
+    def _rule_value(
+        self, rule: AlertRule, now: float, windows: dict[tuple[float, str | None], Aggregate]
+    ) -> float | None:
+        if rule.kind == "healthy_workers_below":
+            return float(sum(worker.state == "ready" for worker in self._workers))
+        if rule.kind == "latency_regression":
+            gating = [v for v in self._regression.values() if v["alerting"]]
+            if not gating:
+                return None
+            return float(any(v["regression"] for v in gating))
+        key = (min(rule.window_s, self.config.window_s), rule.model)
+        agg = windows.get(key)
+        if agg is None:
+            agg = windows[key] = self._window(now, *key)
+        if agg.requests < max(rule.min_requests, 1):
+            return None
+        if rule.kind == "latency_quantile_above":
+            return quantiles_from_counts(agg.segment(rule.stage), [rule.quantile])[0]
+        if rule.kind == "error_rate_above":
+            return _errors(agg.status) / agg.requests
+        if rule.kind == "cache_hit_rate_below":
+            answered = agg.status.get(200, 0)
+            return agg.cached / answered if answered else None
+        raise ValueError(f"alert {rule.name}: unknown kind {rule.kind!r}")
+
+    def _check_regression(self, now: float) -> None:
+        from monitoring.regress import compare_histograms, compare_to_quantiles
+
+        settings = self.config.regression
+        results: dict[str, dict[str, Any]] = {}
+        for name, series in self._series.items():
+            window = series.window(now - self.config.window_s, now, include_current=False)
+            baseline = self.config.baseline_latency_us.get(name)
+            if baseline:
+                verdict = compare_to_quantiles(
+                    baseline,
+                    window.segment("batch1_inference"),
+                    alpha=settings.alpha,
+                    min_effect=settings.min_effect,
+                    min_effect_tail=settings.min_effect_tail,
+                    min_samples=settings.min_samples,
+                )
+                results[f"{name}:optimizer"] = _verdict_entry(
+                    verdict, "batch1_inference", alerting=settings.alert_on_optimizer_baseline
+                )
+            total = window.segment("total")
+            reference = self._reference.get(name)
+            if reference is None:
+                if now - self._started >= settings.warmup_s and total.sum() >= (
+                    settings.min_samples
+                ):
+                    self._reference[name] = total.copy()
+                continue
+            verdict = compare_histograms(
+                reference,
+                total,
+                alpha=settings.alpha,
+                min_effect=settings.min_effect,
+                min_effect_tail=settings.min_effect_tail,
+                min_samples=settings.min_samples,
+            )
+            results[f"{name}:reference"] = _verdict_entry(verdict, "total", alerting=True)
+        self._regression = {
+            key: value for key, value in results.items() if value["n_new"] >= settings.min_samples
+        }
+
+    # ------------------------------------------------------------------ endpoints
+
+    def stats(self, workers: Sequence[WorkerSnapshot] | None = None) -> dict[str, Any]:
+        """The /stats body (see the README's monitoring section for every field)."""
+        now = self._clock()
+        if workers is not None:
+            self._observe_workers(workers)
+        models: dict[str, Any] = {}
+        overall_window, overall_total = Aggregate(), Aggregate()
+        for name, series in self._series.items():
+            window = series.window(now - self.config.window_s, now)
+            total = series.total(now)
+            if total.requests == 0 and not total.batches and name == UNKNOWN_MODEL:
+                continue
+            overall_window.add(window)
+            overall_total.add(total)
+            models[name] = {
+                "window": _summary(window),
+                "since_start": _summary(total),
+                "queue_depth": self._queue_depth.get(name, 0),
+            }
+        return {
+            "enabled": self.config.enabled,
+            "window_s": self.config.window_s,
+            "uptime_s": now - self._started,
+            "started_at": self._started_wall,
+            "generated_at": self._wall_clock(),
+            "models": models,
+            "overall": {"window": _summary(overall_window), "since_start": _summary(overall_total)},
+            "queue_depth": dict(self._queue_depth),
+            "workers": self._worker_rows(),
+            "worker_events": dict(self._worker_events),
+            "histogram_us": coarse(overall_total.segment("total")),
+            "timeline": list(self._timeline),
+            "alerts": {name: state for name, state in self._alerts.states().items()},
+            "regression": self._regression,
+        }
+
+    def _worker_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for worker in self._workers:
+            histogram = self._worker_hist.get(worker.pid)
+            batches = self._worker_batches.get(worker.pid, Counter())
+            rows.append(
+                {
+                    "index": worker.index,
+                    "pid": worker.pid,
+                    "state": worker.state,
+                    "in_flight": worker.in_flight,
+                    "served": worker.served,
+                    "restarts": worker.restarts,
+                    "batches": sum(batches.values()),
+                    "observations": sum(size * n for size, n in batches.items()),
+                    "batch_inference_us": _rounded(histogram.summary()) if histogram else None,
+                }
+            )
+        return rows
+
+    def alerts(self) -> dict[str, Any]:
+        """The /alerts body: {"firing": [...], "pending": [...], "resolved": [... recent]}."""
+        return self._alerts.snapshot()
+
+    def worker_inference_histograms(self) -> dict[int, Histogram]:
+        """Per worker index: batch inference time since start (restarted processes merged)."""
+        merged: dict[int, Histogram] = {}
+        for index, histogram in self._retired_hist.items():
+            merged[index] = Histogram().merge(histogram)
+        for pid, histogram in self._worker_hist.items():
+            index = self._pid_index.get(pid)
+            if index is not None:
+                merged.setdefault(index, Histogram()).merge(histogram)
+        return merged
+
+    def prometheus_text(self, workers: Sequence[WorkerSnapshot] | None = None) -> bytes:
+        """The /metrics body (Prometheus text format 0.0.4)."""
+        if workers is not None:
+            self._observe_workers(workers)
+        from monitoring.exposition import render  # keeps this module about recording
+
+        return render(self, TextBuilder(self.config.metric_prefix))
+
+    # ------------------------------------------------------------------ sinks
+
+    def _post_event(self, event: AlertEvent) -> None:
+        if self._webhook is not None and event.transition in ("firing", "resolved"):
+            self._webhook.send({"source": "policy-inference-server", **event.to_dict()})
+
+    def _history_record(self, now: float) -> dict[str, Any]:
+        """What happened since the previous snapshot (counts per interval, not cumulative)."""
+        interval_s, self._last_history = now - self._last_history, now
+        models: dict[str, Any] = {}
+        for name, series in self._series.items():
+            total = series.total(now)
+            previous = self._history_prev.get(name)
+            delta = total.counts - previous if previous is not None else total.counts
+            self._history_prev[name] = total.counts
+            previous_status = self._history_prev_status.get(name, {})
+            status = {c: n - previous_status.get(c, 0) for c, n in total.status.items()}
+            self._history_prev_status[name] = dict(total.status)
+            requests = int(delta[_OFF_TOTAL : _OFF_TOTAL + N_BUCKETS].sum())
+            if requests == 0 and name == UNKNOWN_MODEL:
+                continue
+            interval = Aggregate(
+                counts=delta, status=Counter({c: n for c, n in status.items() if n})
+            )
+            entry = _summary(interval, with_rps=False)
+            entry["histogram_us"] = coarse(interval.segment("total"))
+            models[name] = entry
+        return {
+            "t": self._wall_clock(),
+            "uptime_s": now - self._started,
+            "interval_s": interval_s,
+            "models": models,
+            "queue_depth": dict(self._queue_depth),
+            "workers": [
+                {
+                    "index": w.index,
+                    "pid": w.pid,
+                    "state": w.state,
+                    "in_flight": w.in_flight,
+                    "served": w.served,
+                    "restarts": w.restarts,
+                }
+                for w in self._workers
+            ],
+            "alerts": self._alerts.states(),
+        }
+
+    def close(self) -> None:
+        """At shutdown: write a last history snapshot, flush the webhook queue (bounded wait)."""
+        if self._history is not None:
+            self._history.append(self._history_record(self._clock()))
+        if self._webhook is not None:
+            self._webhook.close()
+
+    # ------------------------------------------------------------------ for the exposition
+
+    def series(self) -> Iterable[ModelSeries]:
+        return self._series.values()
+
+    @property
+    def workers(self) -> list[WorkerSnapshot]:
+        return list(self._workers)
+
+    @property
+    def queue_depth(self) -> dict[str, int]:
+        return dict(self._queue_depth)
+
+    @property
+    def worker_events(self) -> dict[str, int]:
+        return dict(self._worker_events)
+
+    def served_total(self, index: int) -> int:
+        pid_served = self._served_last.get(index, (0, 0))[1]
+        return self._served_base.get(index, 0) + pid_served
+
+    def alert_states(self) -> dict[str, str]:
+        return dict(self._alerts.states())
+
+    def uptime_s(self) -> float:
+        return self._clock() - self._started
+
+    def now(self) -> float:
+        return self._clock()
+
+
+def _errors(status: dict[int, int] | Counter[int]) -> int:
+    return sum(n for code, n in status.items() if code >= _STATUS_ERROR_MIN)
+
+
+def _rounded(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in summary.items()}
+
+
+def _latency(agg: Aggregate, segment: str) -> dict[str, Any]:
+    counts = agg.segment(segment)
+    n = int(counts.sum())
+    exact_max = agg.max_us[SEGMENTS.index(segment)]
+    out: dict[str, Any] = {"count": n}
+    values = quantiles_from_counts(counts, QUANTILES.values())
+    for name, value in zip(QUANTILES, values, strict=True):
+        out[name] = None if value is None else round(min(value, exact_max or value), 3)
+    out["max"] = round(exact_max, 3) if n else None
+    out["mean"] = round(float(counts @ BUCKET_MIDPOINTS) / n, 3) if n else None
+    return out
+
+
+def _summary(agg: Aggregate, with_rps: bool = True) -> dict[str, Any]:
+    requests = agg.requests
+    errors = _errors(agg.status)
+    answered = agg.status.get(200, 0)
+    batches = sum(agg.batches.values())
+    observations = sum(size * n for size, n in agg.batches.items())
+    out: dict[str, Any] = {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": errors / requests if requests else None,
+        "cache_hits": agg.cached,
+        "cache_hit_rate": agg.cached / answered if answered else None,
+        "status": {str(code): n for code, n in sorted(agg.status.items())},
+        "latency_us": {stage: _latency(agg, stage) for stage in STAGES},
+        "batch_size": {
+            "batches": batches,
+            "mean": observations / batches if batches else None,
+            "max": max(agg.batches) if batches else None,
+            "distribution": {str(size): n for size, n in sorted(agg.batches.items())},
+        },
+        "batch1_inference_us": _latency(agg, "batch1_inference"),
+    }
+    if with_rps:
+        out["span_s"] = agg.span_s
+        out["rps"] = requests / agg.span_s if agg.span_s > 0 else 0.0
+    return out
+
+
+def _verdict_entry(verdict: Any, segment: str, *, alerting: bool) -> dict[str, Any]:
+    return {"segment": segment, "alerting": alerting, **verdict.to_dict()}
+
+
+def dumps(document: dict[str, Any]) -> bytes:
+    """JSON for /stats and /alerts (orjson, numpy-aware)."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)

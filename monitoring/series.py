@@ -1,0 +1,167 @@
+"""Per-model recording state: a flat list of counts written by the hot path, rotated once a
+second into a bounded ring of sparse per-second slices, plus since-start totals.
+
+Layout of the flat count vector (``SLOTS`` integers): one block of ``N_BUCKETS`` histogram counts
+per segment (the request stages, then the inference time of single-observation batches), then
+one counter of requests answered from the cache.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from monitoring.config import STAGES
+from monitoring.histogram import MIN_EXPONENT, N_BUCKETS, SUB_BUCKETS, sparse
+
+# The hot path computes a bucket index as ``exponent * 128 + int(mantissa * 256)``.
+assert MIN_EXPONENT == -1 and SUB_BUCKETS == 128, "update Monitor.record_* with the scheme"
+
+SEGMENTS: tuple[str, ...] = (*STAGES, "batch1_inference")
+N_SEGMENTS = len(SEGMENTS)
+OFFSET: dict[str, int] = {name: i * N_BUCKETS for i, name in enumerate(SEGMENTS)}
+CACHED_SLOT = N_SEGMENTS * N_BUCKETS
+SLOTS = CACHED_SLOT + 1
+MAX_TRACKED_BATCH = 1024  # larger batch sizes count as this one (bounds the dict)
+_NO_INDEX = np.zeros(0, dtype=np.int32)
+_NO_COUNT = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(slots=True)
+class Slice:
+    """What one model recorded during one tick interval, stored sparsely."""
+
+    start: float
+    end: float
+    index: np.ndarray  # int32 positions in the flat count vector
+    count: np.ndarray  # int64 counts at those positions
+    max_us: list[float]  # per segment
+    status: dict[int, int]  # answers per HTTP status in this slice
+    batches: dict[int, int]  # batches per size in this slice
+
+
+@dataclass
+class Aggregate:
+    """A merged view of some slices (a window) or of everything since start."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(SLOTS, dtype=np.int64))
+    max_us: list[float] = field(default_factory=lambda: [0.0] * N_SEGMENTS)
+    status: Counter[int] = field(default_factory=Counter)
+    batches: Counter[int] = field(default_factory=Counter)
+    span_s: float = 0.0
+
+    def segment(self, name: str) -> np.ndarray:
+        start = OFFSET[name]
+        return self.counts[start : start + N_BUCKETS]
+
+    @property
+    def requests(self) -> int:
+        return int(self.segment("total").sum())
+
+    @property
+    def cached(self) -> int:
+        return int(self.counts[CACHED_SLOT])
+
+    def add(self, other: Aggregate) -> None:
+        self.counts += other.counts
+        self.max_us = [max(a, b) for a, b in zip(self.max_us, other.max_us, strict=True)]
+        self.status.update(other.status)
+        self.batches.update(other.batches)
+        self.span_s = max(self.span_s, other.span_s)
+
+
+class ModelSeries:
+    """Everything recorded for one model name. Single-threaded: the front's event loop."""
+
+    __slots__ = (
+        "cur",
+        "cur_batches",
+        "cur_max",
+        "name",
+        "ring",
+        "since_start",
+        "since_start_max",
+        "started",
+        "status",
+        "status_at_rotation",
+        "total_batches",
+    )
+
+    def __init__(self, name: str, now: float, max_slices: int) -> None:
+        self.name = name
+        self.started = now
+        self.cur: list[int] = [0] * SLOTS
+        self.cur_max: list[float] = [0.0] * N_SEGMENTS
+        self.cur_batches: dict[int, int] = {}
+        self.status: dict[int, int] = {}  # cumulative answers per status (the hot path's)
+        self.status_at_rotation: dict[int, int] = {}
+        self.ring: deque[Slice] = deque(maxlen=max_slices)
+        self.since_start = np.zeros(SLOTS, dtype=np.int64)
+        self.since_start_max: list[float] = [0.0] * N_SEGMENTS
+        self.total_batches: Counter[int] = Counter()
+
+    def rotate(self, start: float, end: float) -> Slice:
+        """Close the current slice: store it sparsely in the ring, fold it into the totals."""
+        if not self.cur_batches and self.status == self.status_at_rotation:
+            idle = Slice(start, end, _NO_INDEX, _NO_COUNT, [0.0] * N_SEGMENTS, {}, {})
+            self.ring.append(idle)  # nothing recorded: skip converting the count list
+            return idle
+        counts = np.array(self.cur, dtype=np.int64)
+        self.cur = [0] * SLOTS
+        maxes, self.cur_max = self.cur_max, [0.0] * N_SEGMENTS
+        batches, self.cur_batches = self.cur_batches, {}
+        status_now = dict(self.status)
+        status_delta = {
+            code: n - self.status_at_rotation.get(code, 0)
+            for code, n in status_now.items()
+            if n != self.status_at_rotation.get(code, 0)
+        }
+        self.status_at_rotation = status_now
+        index, count = sparse(counts)
+        piece = Slice(start, end, index, count, maxes, status_delta, batches)
+        self.ring.append(piece)
+        self.since_start += counts
+        self.since_start_max = [max(a, b) for a, b in zip(self.since_start_max, maxes, strict=True)]
+        self.total_batches.update(batches)
+        return piece
+
+    def expire(self, oldest_end: float) -> None:
+        while self.ring and self.ring[0].end <= oldest_end:
+            self.ring.popleft()
+
+    def window(self, since: float, now: float, include_current: bool = True) -> Aggregate:
+        """Slices ending after ``since`` (and the slice being recorded), merged."""
+        agg = Aggregate()
+        first_start = now
+        for piece in self.ring:
+            if piece.end <= since:
+                continue
+            first_start = min(first_start, piece.start)
+            agg.counts[piece.index] += piece.count
+            agg.max_us = [max(a, b) for a, b in zip(agg.max_us, piece.max_us, strict=True)]
+            agg.status.update(piece.status)
+            agg.batches.update(piece.batches)
+        if include_current:
+            self._add_current(agg)
+            first_start = min(first_start, self.ring[-1].end if self.ring else self.started)
+        agg.span_s = max(now - max(first_start, since, self.started), 0.0)
+        return agg
+
+    def total(self, now: float) -> Aggregate:
+        agg = Aggregate(counts=self.since_start.copy(), max_us=list(self.since_start_max))
+        agg.batches.update(self.total_batches)
+        self._add_current(agg)
+        agg.status = Counter(self.status)
+        agg.span_s = max(now - self.started, 0.0)
+        return agg
+
+    def _add_current(self, agg: Aggregate) -> None:
+        agg.counts += np.array(self.cur, dtype=np.int64)
+        agg.max_us = [max(a, b) for a, b in zip(agg.max_us, self.cur_max, strict=True)]
+        status_delta = {
+            code: n - self.status_at_rotation.get(code, 0) for code, n in self.status.items()
+        }
+        agg.status.update({code: n for code, n in status_delta.items() if n})
+        agg.batches.update(self.cur_batches)
