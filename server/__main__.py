@@ -10,6 +10,7 @@ import uvicorn
 
 from server.app import create_app
 from server.config import ConfigError, ServerConfig, load_config
+from server.fastlane import fast_lane_protocol
 
 
 def ensure_artifacts(config: ServerConfig) -> None:
@@ -36,12 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"building artifacts failed ({exc}); see the optimizer's output", file=sys.stderr)
         return 1
+    app = create_app(config)
     uvicorn.run(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http="httptools",
+        http=fast_lane_protocol(app.runtime) if config.fast_lane else "httptools",
+        proxy_headers=False,
         lifespan="on",
         access_log=False,
         log_level=config.log_level,

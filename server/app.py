@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.config import ServerConfig
 from server.errors import NoHealthyWorker, error_body
-from server.infer import send_error
+from server.infer import asgi_infer, send_error
 from server.pool import MODEL_NAMES
 from server.runtime import ReloadRefused, Runtime
 
@@ -171,11 +171,11 @@ class ServerApp:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/infer":
-            handler = self.runtime.handler
-            if handler is None:
+            core = self.runtime.core
+            if core is None:
                 await send_error(send, NoHealthyWorker("the server is still starting"))
                 return
-            await handler(scope, receive, send)
+            await asgi_infer(core, scope, receive, send)
             return
         await self.api(scope, receive, send)
 

@@ -44,6 +44,7 @@ class ServerConfig:
     max_inflight_per_worker: int = 512
     worker_threads: int = 1
     inline_when_idle: bool = True
+    fast_lane: bool = True
     warmup_calls: int = 200
     worker_start_timeout_s: float = 60.0
     shutdown_grace_s: float = 10.0
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "artifacts_dir":
             flag = "--artifacts"
-        if f.name in {"monitoring", "build_artifacts_if_missing", "inline_when_idle"}:
+        if f.name in {"monitoring", "build_artifacts_if_missing", "inline_when_idle", "fast_lane"}:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None
             )

@@ -1,14 +1,16 @@
-"""The hot path: ``POST /infer`` as a raw ASGI handler.
+"""The inference request core: checks, parse, cache, inline lane or batcher, answer.
 
-It parses, looks up the cache, hands rows to the batcher, awaits, and answers with bytes
-assembled from the worker's ready-made JSON fragments. Everything it needs (parsers,
-batchers, prebuilt headers) is made once at start-up.
+It is written with callbacks, not coroutines, so that the protocol-level fast lane
+(``fastlane.py``) can answer a cache hit or an inline inference inside the very
+``data_received`` call that brought the request: no task, no ASGI messages. The ASGI
+route (``asgi_infer``) wraps the same core for requests the fast lane does not take.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from server.batching import Batcher
@@ -22,33 +24,44 @@ from server.errors import (
     RateLimited,
     Unauthorized,
     UnsupportedMediaType,
+    WorkerFailed,
 )
 from server.pool import WorkerPool
 from server.ratelimit import RateLimiter
-from server.validation import RequestParser
+from server.validation import ParsedRequest, RequestParser
 
-_JSON = (b"content-type", b"application/json")
+# respond(status, body, retry_after_s or None)
+Respond = Callable[[int, bytes, "int | None"], None]
+
 _CACHED = b',"cached":true}'
 _FRESH = b',"cached":false}'
 _NS_PER_US = 1000.0
+# A request that arrives after the front sat idle this long is alone: it may run inline.
+_IDLE_GAP_NS = 30_000
 
 
-async def send_json(send: Any, status: int, body: bytes, extra: list | None = None) -> None:
-    headers = [_JSON, (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+class RequestHead:
+    """What the core needs from the HTTP layer, gathered in one pass over the headers."""
+
+    __slots__ = ("api_key", "client", "content_length", "content_type")
+
+    def __init__(self, headers: list, client: object) -> None:
+        self.content_type = b""
+        self.content_length = -1
+        self.api_key: bytes | None = None
+        self.client = client
+        for name, value in headers:
+            if name == b"content-type":
+                self.content_type = value
+            elif name == b"content-length":
+                self.content_length = int(value) if value.isdigit() else -1
+            elif name == b"x-api-key":
+                self.api_key = value
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                self.api_key = value[7:]
 
 
-async def send_error(send: Any, error: ApiError) -> None:
-    extra = None
-    if error.retry_after_s is not None:
-        extra = [(b"retry-after", str(error.retry_after_s).encode())]
-    await send_json(send, error.status, error.body(), extra)
-
-
-class InferHandler:
+class InferCore:
     def __init__(
         self,
         config: ServerConfig,
@@ -69,173 +82,263 @@ class InferHandler:
         self.max_body = config.max_body_bytes
         self.api_key = config.api_key.encode() if config.api_key else None
         self.accepting = True
-        self.in_progress = 0
+        self.pending = 0
+        self._last_done_ns = 0
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        start = time.perf_counter_ns()
-        model = ""
-        self.in_progress += 1
-        try:
-            if scope["method"] != "POST":
-                raise MethodNotAllowed("use POST /infer with a JSON body")
-            body = await self._read_checked(scope, receive)
-            parsed = self.parser.parse(body)
-            model = parsed.model
-            await self._answer(parsed, start, send)
-        except ApiError as error:
-            self.monitor.record_request(
-                model,
-                error.status,
-                (time.perf_counter_ns() - start) / _NS_PER_US,
-                0,
-                0,
-                0,
-                0,
-                False,
-            )
-            await send_error(send, error)
-        finally:
-            self.in_progress -= 1
+    # ------------------------------------------------------------------ checks
 
-    async def _read_checked(self, scope: dict, receive: Any) -> bytes:
-        content_type, length, key = _scan_headers(scope["headers"])
-        if self.api_key is not None and key != self.api_key:
+    def check_head(self, head: RequestHead) -> None:
+        """Everything decidable before the body arrives (so a 413 needs no body)."""
+        if self.api_key is not None and head.api_key != self.api_key:
             raise Unauthorized(
                 "missing or wrong API key; send it as 'X-API-Key: <key>' or "
                 "'Authorization: Bearer <key>'"
             )
         if self.rate_limiter is not None:
-            client = key or (scope.get("client") or ("?",))[0]
+            client = head.api_key or head.client
             if not self.rate_limiter.allow(client):
                 raise RateLimited("request rate over this client's limit; slow down and retry")
-        if not content_type[:16].lower() == b"application/json":
+        if head.content_type[:16].lower() != b"application/json":
             raise UnsupportedMediaType(
                 "send the body as JSON with 'Content-Type: application/json'"
             )
-        if length > self.max_body:
-            raise PayloadTooLarge(
-                f"body of {length} bytes is over the {self.max_body}-byte limit; send smaller "
-                "batches"
-            )
-        message = await receive()
-        body = message.get("body", b"")
-        if not message.get("more_body"):
-            return body
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body"):
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise PayloadTooLarge(
-                    f"body is over the {self.max_body}-byte limit; send smaller batches"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        if head.content_length > self.max_body:
+            raise self.too_large(head.content_length)
 
-    async def _answer(self, parsed: Any, start: int, send: Any) -> None:
-        if not self.accepting:
-            raise NoHealthyWorker("the server is shutting down")
-        parsed_at = time.perf_counter_ns()
-        if parsed.batch:
-            body, inference_ns, all_cached = await self._answer_batch(parsed)
-            looked_up = parsed_at
-        else:
-            row = parsed.rows[0]
-            key = (self.pool.prefixes[parsed.model_idx], observation_digest(row))
-            result = self.cache.get(key)
-            all_cached = result is not None
-            looked_up = time.perf_counter_ns()
-            if result is None:
-                result = await self._compute(parsed.model_idx, key, row)
-            inference_ns = 0 if all_cached else result[2]
-            body = result[1] + result[0] + (_CACHED if all_cached else _FRESH)
-        done = time.perf_counter_ns()
-        await send_json(send, 200, body)
-        end = time.perf_counter_ns()
+    def too_large(self, size: int | None = None) -> PayloadTooLarge:
+        got = f"body of {size} bytes" if size is not None else "body"
+        return PayloadTooLarge(
+            f"{got} is over the {self.max_body}-byte limit; send fewer observations per request"
+        )
+
+    # ------------------------------------------------------------------ handling
+
+    def fail(self, error: ApiError, start: int, model: str, respond: Respond) -> None:
+        now = time.perf_counter_ns()
+        self._last_done_ns = now
         self.monitor.record_request(
-            parsed.model,
+            model, error.status, (now - start) / _NS_PER_US, 0, 0, 0, 0, False
+        )
+        respond(error.status, error.body(), error.retry_after_s)
+
+    def handle(self, head: RequestHead, body: bytes, respond: Respond) -> None:
+        """Answers through ``respond`` exactly once, now or when the inference is done.
+        The caller ran ``check_head`` before reading the body."""
+        start = time.perf_counter_ns()
+        alone = start - self._last_done_ns > _IDLE_GAP_NS and self.pending == 0
+        model = ""
+        try:
+            parsed = self.parser.parse(body)
+            model = parsed.model
+            if not self.accepting:
+                raise NoHealthyWorker("the server is shutting down")
+            if parsed.batch:
+                self._batch(parsed, start, respond)
+            else:
+                self._single(parsed, start, alone, respond)
+        except ApiError as error:
+            self.fail(error, start, model, respond)
+
+    def _single(self, parsed: ParsedRequest, start: int, alone: bool, respond: Respond) -> None:
+        parsed_at = time.perf_counter_ns()
+        row = parsed.rows[0]
+        key = (self.pool.prefixes[parsed.model_idx], observation_digest(row))
+        hit = self.cache.get(key)
+        if hit is not None:
+            self._finish(parsed.model, hit, True, start, parsed_at, parsed_at, respond)
+            return
+        looked_up = time.perf_counter_ns()
+        fut = self.cache.joining(key)
+        if fut is None:
+            if alone and self.pool.idle():
+                result = self.pool.run_inline(parsed.model_idx, row)
+                self.cache.put((result[1], key[1]), result)
+                self._finish(parsed.model, result, False, start, parsed_at, looked_up, respond)
+                return
+            fut = self.batchers[parsed.model_idx].submit(row)
+            self.cache.track(key, fut)
+        self.pending += 1
+
+        def done(f: asyncio.Future) -> None:
+            self.pending -= 1
+            error = f.exception()
+            if error is not None:
+                self.fail(_as_api_error(error), start, parsed.model, respond)
+                return
+            self._finish(parsed.model, f.result(), False, start, parsed_at, looked_up, respond)
+
+        fut.add_done_callback(done)
+
+    def _finish(
+        self,
+        model: str,
+        result: tuple,
+        cached: bool,
+        start: int,
+        parsed_at: int,
+        looked_up: int,
+        respond: Respond,
+    ) -> None:
+        done = time.perf_counter_ns()
+        inference_ns = 0 if cached else result[2]
+        respond(200, result[1] + result[0] + (_CACHED if cached else _FRESH), None)
+        end = time.perf_counter_ns()
+        self._last_done_ns = end
+        self.monitor.record_request(
+            model,
             200,
             (end - start) / _NS_PER_US,
             (parsed_at - start) / _NS_PER_US,
             (looked_up - parsed_at) / _NS_PER_US,
             max(0, done - looked_up - inference_ns) / _NS_PER_US,
             inference_ns / _NS_PER_US,
-            all_cached,
+            cached,
         )
 
-    async def _compute(self, model_idx: int, key: tuple, row: bytes) -> tuple:
-        fut = self.cache.joining(key)
-        if fut is not None:
-            return await fut
-        if self.in_progress == 1 and self.pool.idle():
-            result = self.pool.run_inline(model_idx, row)
-            self.cache.put((result[1], key[1]), result)
-            return result
-        fut = self.batchers[model_idx].submit(row)
-        self.cache.track(key, fut)
-        return await fut
-
-    async def _answer_batch(self, parsed: Any) -> tuple[bytes, int, bool]:
-        idx = parsed.model_idx
-        prefix = self.pool.prefixes[idx]
+    def _batch(self, parsed: ParsedRequest, start: int, respond: Respond) -> None:
+        parsed_at = time.perf_counter_ns()
+        prefix = self.pool.prefixes[parsed.model_idx]
+        batcher = self.batchers[parsed.model_idx]
         cache = self.cache
-        batcher = self.batchers[idx]
-        waits: list = []
-        cached: list[bool] = []
-        for row in parsed.rows:
+        n = len(parsed.rows)
+        results: list = [None] * n
+        cached = [False] * n
+        futures: list[tuple[int, asyncio.Future]] = []
+        for i, row in enumerate(parsed.rows):
             key = (prefix, observation_digest(row))
             hit = cache.get(key)
-            cached.append(hit is not None)
             if hit is not None:
-                waits.append(hit)
+                results[i] = hit
+                cached[i] = True
                 continue
             fut = cache.joining(key)
             if fut is None:
                 fut = batcher.submit(row)
                 cache.track(key, fut)
-            waits.append(fut)
-        results, error = await _gather(waits)
+            futures.append((i, fut))
+        looked_up = time.perf_counter_ns()
+        state = BatchAnswer(self, parsed.model, results, cached, start, parsed_at, looked_up)
+        state.wait(futures, respond)
+
+
+class BatchAnswer:
+    """Collects a batch request's rows; answers once all are in, or at the first error."""
+
+    __slots__ = ("cached", "core", "error", "looked_up", "model", "parsed_at", "remaining",
+                 "respond", "results", "start")  # fmt: skip
+
+    def __init__(self, core, model, results, cached, start, parsed_at, looked_up) -> None:
+        self.core = core
+        self.model = model
+        self.results = results
+        self.cached = cached
+        self.start = start
+        self.parsed_at = parsed_at
+        self.looked_up = looked_up
+        self.error: ApiError | None = None
+        self.remaining = 0
+        self.respond: Respond | None = None
+
+    def wait(self, futures: list[tuple[int, asyncio.Future]], respond: Respond) -> None:
+        self.respond = respond
+        self.remaining = len(futures)
+        if not futures:
+            return self._answer()
+        self.core.pending += 1
+        for i, fut in futures:
+            fut.add_done_callback(lambda f, i=i: self._row_done(i, f))
+
+    def _row_done(self, i: int, fut: asyncio.Future) -> None:
+        error = fut.exception()
         if error is not None:
-            raise error
+            self.error = self.error or _as_api_error(error)
+        else:
+            self.results[i] = fut.result()
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.core.pending -= 1
+            self._answer()
+
+    def _answer(self) -> None:
+        assert self.respond is not None
+        if self.error is not None:
+            return self.core.fail(self.error, self.start, self.model, self.respond)
         parts = [
-            b"{" + r[0] + (_CACHED if c else _FRESH) for r, c in zip(results, cached, strict=True)
+            b"{" + r[0] + (_CACHED if c else _FRESH)
+            for r, c in zip(self.results, self.cached, strict=True)
         ]
-        body = results[0][1] + b'"results":[' + b",".join(parts) + b"]}"
-        inference_ns = max((r[2] for r, c in zip(results, cached, strict=True) if not c), default=0)
-        return body, inference_ns, all(cached)
+        body = self.results[0][1] + b'"results":[' + b",".join(parts) + b"]}"
+        done = time.perf_counter_ns()
+        inference_ns = max(
+            (r[2] for r, c in zip(self.results, self.cached, strict=True) if not c), default=0
+        )
+        self.respond(200, body, None)
+        end = time.perf_counter_ns()
+        self.core._last_done_ns = end
+        self.core.monitor.record_request(
+            self.model,
+            200,
+            (end - self.start) / _NS_PER_US,
+            (self.parsed_at - self.start) / _NS_PER_US,
+            (self.looked_up - self.parsed_at) / _NS_PER_US,
+            max(0, done - self.looked_up - inference_ns) / _NS_PER_US,
+            inference_ns / _NS_PER_US,
+            all(self.cached),
+        )
 
 
-def _scan_headers(headers: list) -> tuple[bytes, int, bytes | None]:
-    """Content type, content length (-1 if absent) and the API key, in one pass."""
-    content_type = b""
-    length = -1
-    key = None
-    for name, value in headers:
-        if name == b"content-type":
-            content_type = value
-        elif name == b"content-length":
-            length = int(value) if value.isdigit() else -1
-        elif name == b"x-api-key":
-            key = value
-        elif name == b"authorization" and value[:7].lower() == b"bearer ":
-            key = value[7:]
-    return content_type, length, key
+def _as_api_error(error: BaseException) -> ApiError:
+    if isinstance(error, ApiError):
+        return error
+    return WorkerFailed(f"inference failed: {type(error).__name__}")
 
 
-async def _gather(waits: list) -> tuple[list, ApiError | None]:
-    """Awaits every row (cached rows are already tuples), so no exception goes unretrieved."""
-    results = []
-    error: ApiError | None = None
-    for item in waits:
-        if type(item) is tuple:
-            results.append(item)
-            continue
-        try:
-            results.append(await item)
-        except ApiError as exc:
-            error = error or exc
-        except asyncio.CancelledError:
-            raise
-    return results, error
+# ---------------------------------------------------------------------- ASGI route
+
+_JSON = (b"content-type", b"application/json")
+
+
+async def send_json(send: Any, status: int, body: bytes, retry_after: int | None = None) -> None:
+    headers = [_JSON, (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Any, error: ApiError) -> None:
+    await send_json(send, error.status, error.body(), error.retry_after_s)
+
+
+async def asgi_infer(core: InferCore, scope: dict, receive: Any, send: Any) -> None:
+    """``POST /infer`` through ASGI: for requests the fast lane leaves to uvicorn (e.g.
+    pipelined ones) and for any other ASGI server."""
+    start = time.perf_counter_ns()
+    head = RequestHead(scope["headers"], (scope.get("client") or ("?",))[0])
+    try:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed("use POST /infer with a JSON body")
+        core.check_head(head)
+        body = await _read_body(core, receive)
+    except ApiError as error:
+        core.fail(error, start, "", lambda *_: None)
+        await send_error(send, error)
+        return
+    answer: asyncio.Future = asyncio.get_running_loop().create_future()
+    core.handle(head, body, lambda status, data, retry: answer.set_result((status, data, retry)))
+    status, data, retry = await answer
+    await send_json(send, status, data, retry)
+
+
+async def _read_body(core: InferCore, receive: Any) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > core.max_body:
+            raise core.too_large()
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from typing import Any
 
@@ -14,7 +15,7 @@ from optimize.loader import verify_artifacts
 from server.batching import Batcher
 from server.cache import ResponseCache
 from server.config import ServerConfig
-from server.infer import InferHandler
+from server.infer import InferCore
 from server.pool import MODEL_INDEX, MODEL_NAMES, WorkerPool
 from server.ratelimit import RateLimiter
 from server.validation import RequestParser
@@ -48,7 +49,7 @@ class Runtime:
         self.config = config
         self.manifest: Any = None
         self.pool: WorkerPool | None = None
-        self.handler: InferHandler | None = None
+        self.core: InferCore | None = None
         self.monitor: Monitor | None = None
         self.cache = ResponseCache(config.cache_size, config.cache_ttl_s)
         self._ticker: asyncio.Task | None = None
@@ -81,7 +82,7 @@ class Runtime:
             if self.config.rate_limit_rps > 0
             else None
         )
-        self.handler = InferHandler(
+        self.core = InferCore(
             self.config,
             pool,
             self.cache,
@@ -91,6 +92,10 @@ class Runtime:
             rate_limiter=limiter,
         )
         self._ticker = loop.create_task(self._tick_forever())
+        # Everything loaded so far (runtimes, modules, models) lives as long as the server:
+        # keep it out of the collector's full passes.
+        gc.collect()
+        gc.freeze()
         log.info(
             "serving %s with %d workers (pids %s)",
             ", ".join(f"{m}@{v}" for m, v in pool.versions.items()),
@@ -99,14 +104,14 @@ class Runtime:
         )
 
     async def stop(self) -> None:
-        if self.handler is not None:
-            self.handler.accepting = False
+        if self.core is not None:
+            self.core.accepting = False
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        if self.handler is not None:
-            for batcher in self.handler.batchers:
+        if self.core is not None:
+            for batcher in self.core.batchers:
                 batcher.flush()
         if self.pool is not None:
             await self.pool.close()
@@ -144,13 +149,14 @@ class Runtime:
         ]
 
     def queue_depth(self) -> dict[str, int]:
-        if self.handler is None:
+        if self.core is None:
             return {}
-        return {name: b.queued for name, b in zip(MODEL_NAMES, self.handler.batchers, strict=True)}
+        return {name: b.queued for name, b in zip(MODEL_NAMES, self.core.batchers, strict=True)}
 
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            self.cache.expire()
             try:
                 self.monitor.tick(self.workers(), self.queue_depth())
             except Exception:  # a broken statistic must never stop the server

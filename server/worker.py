@@ -123,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)
     _die_with_parent()
-    # SIGINT goes to the whole process group on Ctrl-C; the front decides when we stop.
+    # Ctrl-C and a SIGTERM sent to the process group reach us too; the front decides when
+    # we stop (it closes our socket), and we die with it in any case.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
     first = sock.recv(protocol.MAX_FRAME_BYTES)
     if not first:
