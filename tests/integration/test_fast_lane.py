@@ -1,0 +1,137 @@
+"""The protocol-level fast lane at the HTTP edge: pipelining, Expect: 100-continue,
+connection close, and the same answers with the fast lane off."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from tests.support import start_server
+
+pytestmark = pytest.mark.slow
+
+BODY = orjson.dumps(
+    {"model": "tactical", "observation": np.random.default_rng(9).standard_normal((60, 7)).tolist()}
+)
+
+
+def post(body: bytes = BODY, extra: bytes = b"") -> bytes:
+    return (
+        b"POST /infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + extra
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+class Reader:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            assert self._fill(), f"connection closed mid-response: {self.buf!r}"
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = int(headers.get("content-length", 0))
+        while len(self.buf) < length:
+            assert self._fill()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, headers, body
+
+    def closed(self) -> bool:
+        return not self.buf and not self._fill()
+
+
+@pytest.fixture(scope="module")
+def server(artifacts_dir: Path):
+    with start_server(artifacts_dir, workers=2, args=["--max-body-bytes", "20000"]) as handle:
+        yield handle
+
+
+def connect(server) -> tuple[socket.socket, Reader]:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    return sock, Reader(sock)
+
+
+def test_pipelined_requests_are_answered_in_order(server) -> None:
+    sock, reader = connect(server)
+    with sock:
+        sock.sendall(post() + b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n" + post(b"{bad") + post())
+        answers = [reader.response() for _ in range(4)]
+    assert [a[0] for a in answers] == [200, 200, 400, 200]
+    assert orjson.loads(answers[1][2]) == {"status": "alive"}
+    first, last = orjson.loads(answers[0][2]), orjson.loads(answers[3][2])
+    assert last["cached"] is True and first["value"] == last["value"]
+
+
+def test_expect_100_continue(server) -> None:
+    sock, reader = connect(server)
+    with sock:
+        head, body = post(extra=b"expect: 100-continue\r\n").split(b"\r\n\r\n", 1)
+        sock.sendall(head + b"\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        status, headers, payload = reader.response()
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert "date" in headers and orjson.loads(payload)["model"] == "tactical"
+
+
+def test_too_large_with_expect_is_refused_before_the_body(server) -> None:
+    sock, reader = connect(server)
+    with sock:
+        big = b"{" + b" " * 30_000 + b"}"
+        head = post(big, extra=b"expect: 100-continue\r\n").split(b"\r\n\r\n", 1)[0]
+        sock.sendall(head + b"\r\n\r\n")
+        status, headers, payload = reader.response()
+        assert status == 413 and headers["connection"] == "close"
+        assert orjson.loads(payload)["error"]["code"] == "body_too_large"
+        assert reader.closed()
+
+
+def test_too_large_without_expect_and_keep_alive_goes_on(server) -> None:
+    sock, reader = connect(server)
+    with sock:
+        sock.sendall(post(b"{" + b" " * 30_000 + b"}") + post())
+        assert reader.response()[0] == 413
+        assert reader.response()[0] == 200
+
+
+def test_connection_close_and_http10(server) -> None:
+    for request in (post(extra=b"connection: close\r\n"), post().replace(b"HTTP/1.1", b"HTTP/1.0")):
+        sock, reader = connect(server)
+        with sock:
+            sock.sendall(request)
+            status, headers, _ = reader.response()
+            assert status == 200 and headers.get("connection") == "close"
+            assert reader.closed()
+
+
+def test_same_answers_with_the_fast_lane_off(artifacts_dir: Path, server) -> None:
+    fast = httpx.post(
+        f"{server.url}/infer", content=BODY, headers={"content-type": "application/json"}
+    )
+    with start_server(artifacts_dir, workers=1, args=["--no-fast-lane"]) as plain:
+        slow = httpx.post(
+            f"{plain.url}/infer", content=BODY, headers={"content-type": "application/json"}
+        )
+        bad = httpx.post(
+            f"{plain.url}/infer", content=b"{", headers={"content-type": "application/json"}
+        )
+    a, b = fast.json(), slow.json()
+    a.pop("cached"), b.pop("cached")
+    assert a == b
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
