@@ -80,7 +80,14 @@ def test_worker_killed_under_load_recovers(artifacts_dir: Path) -> None:
 
 
 def test_stuck_worker_times_out_with_504_and_is_replaced(artifacts_dir: Path) -> None:
-    args = ["--request-timeout-s", "0.5", "--max-inflight-per-worker", "32"]
+    # no inline lane: every request must reach the stuck worker or be refused
+    args = [
+        "--request-timeout-s",
+        "0.5",
+        "--max-inflight-per-worker",
+        "32",
+        "--no-inline-when-idle",
+    ]
     with start_server(artifacts_dir, workers=1, args=args) as server:
         (worker,) = server.worker_pids()
         os.kill(worker, signal.SIGSTOP)
