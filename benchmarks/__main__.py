@@ -1,0 +1,268 @@
+"""``python -m benchmarks inprocess|http|compare`` (see README, section Performance)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from benchmarks.bodies import Mode
+from benchmarks.httpbench import HttpSettings, plans, run_target
+from benchmarks.loadgen import pick_generator, wrk_path
+from benchmarks.results import RESULTS_DIR, busy_machine_warning, new_document, write_document
+from benchmarks.stats import compute_ratios, evaluate_bars
+from benchmarks.tables import (
+    INPROCESS_COLUMNS,
+    RUN_COLUMNS,
+    bars_text,
+    inprocess_rows,
+    markdown_table,
+    noise_text,
+    ratios_text,
+    run_rows,
+    text_table,
+)
+from benchmarks.targets import LaunchOptions, Target
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write counts like 1,16,64") from None
+
+
+def _mode_list(text: str) -> list[Mode]:
+    try:
+        return [Mode(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write cold, warm or cold,warm") from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="optimizer output directory (default: artifacts)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"result JSON path (default: {RESULTS_DIR.name}/<command>-<time>.json)",
+    )
+
+
+def _http_options(parser: argparse.ArgumentParser, duration: float | None) -> None:
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=duration,
+        help="seconds per measured run (wrk rounds up to whole seconds)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of warm-up load before each run (default 1, quick 0.5)",
+    )
+    parser.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk when on PATH (auto), or the Python one",
+    )
+    parser.add_argument(
+        "--wrk-threads",
+        type=int,
+        default=1,
+        help="wrk threads (default 1: leave the cores to the server)",
+    )
+    parser.add_argument(
+        "--noisy-retries",
+        type=int,
+        default=1,
+        help="measure a run again when other processes took >10%% of the CPU (default 1)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="our server's --workers (default: the server's own default)",
+    )
+    parser.add_argument(
+        "--cache-size",
+        type=int,
+        default=None,
+        help="our server's --cache-size (0 turns its cache off)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    inproc = sub.add_parser("inprocess", help="every optimizer variant, called in-process")
+    _common(inproc)
+    inproc.add_argument(
+        "--max-time", type=float, default=1.0, help="seconds per variant and batch size (default 1)"
+    )
+    inproc.add_argument("--max-calls", type=int, default=20_000)
+
+    http = sub.add_parser("http", help="one server on loopback under keep-alive load")
+    _common(http)
+    http.add_argument("--target", choices=[t.value for t in Target], default="ours")
+    http.add_argument("--concurrency", type=_int_list, default=[1, 16, 64])
+    http.add_argument(
+        "--mode",
+        type=_mode_list,
+        default=[Mode.COLD],
+        help="cold (every observation distinct), warm (64 repeating) or both",
+    )
+    _http_options(http, duration=10.0)
+
+    compare = sub.add_parser("compare", help="ours and the baselines, ratios and bars")
+    _common(compare)
+    compare.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer runs, 2 s each: the whole comparison in about a minute",
+    )
+    compare.add_argument(
+        "--no-inprocess", action="store_true", help="skip the in-process variant table"
+    )
+    _http_options(compare, duration=None)
+
+    show = sub.add_parser("show", help="print a saved result's tables and bars again")
+    show.add_argument("file", type=Path)
+    show.add_argument("--markdown", action="store_true", help="Markdown tables (README)")
+    return parser
+
+
+def _settings(args: argparse.Namespace, quick: bool = False) -> HttpSettings:
+    duration = args.duration if args.duration is not None else (2.0 if quick else 5.0)
+    warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.0)
+    return HttpSettings(
+        duration_s=duration,
+        generator=pick_generator(args.generator),
+        logs_dir=RESULTS_DIR / "logs",
+        warmup_s=warmup,
+        wrk_threads=args.wrk_threads,
+        noisy_retries=args.noisy_retries,
+    )
+
+
+def _launch(args: argparse.Namespace) -> LaunchOptions:
+    return LaunchOptions(
+        artifacts=args.artifacts.resolve(), workers=args.workers, cache_size=args.cache_size
+    )
+
+
+def _print_runs(document: dict) -> None:
+    if document["runs"]:
+        print(text_table(RUN_COLUMNS, run_rows(document["runs"])))
+    if document["inprocess"]:
+        print()
+        print(text_table(INPROCESS_COLUMNS, inprocess_rows(document["inprocess"])))
+
+
+def _print_noise(document: dict) -> None:
+    noise = noise_text(document["runs"], document["machine"]["cores"] or 1)
+    if noise:
+        print(noise)
+
+
+def _warn_if_busy() -> None:
+    warning = busy_machine_warning()
+    if warning:
+        print(warning)
+
+
+def cmd_inprocess(args: argparse.Namespace) -> int:
+    from benchmarks.inprocess import run_inprocess
+
+    document = new_document()
+    document["inprocess"] = run_inprocess(
+        args.artifacts.resolve(), max_calls=args.max_calls, max_time_s=args.max_time
+    )
+    _print_runs(document)
+    print(f"\nwrote {write_document(document, args.out, 'inprocess')}")
+    return 0
+
+
+def cmd_http(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    document = new_document(wrk_path())
+    print(f"load generator: {settings.generator}")
+    _warn_if_busy()
+    document["runs"] = run_target(
+        Target(args.target), plans(args.mode, args.concurrency), settings, _launch(args)
+    )
+    document["ratios"] = compute_ratios(document["runs"])
+    _print_runs(document)
+    _print_noise(document)
+    print(f"\nwrote {write_document(document, args.out, 'http')}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from benchmarks.compare import CompareOptions, run_compare
+
+    settings = _settings(args, quick=args.quick)
+    document = new_document(wrk_path())
+    print(f"load generator: {settings.generator}; {settings.duration_s:g} s per run")
+    _warn_if_busy()
+    options = CompareOptions(
+        quick=args.quick, settings=settings, launch=_launch(args), inprocess=not args.no_inprocess
+    )
+    run_compare(options, document)
+    print()
+    _print_runs(document)
+    print("\nratios (ours / baseline; rps above 1 and latency below 1 favour ours):")
+    print(ratios_text(document["ratios"]) or "  none (ours did not run)")
+    print("\nbars:")
+    print(bars_text(evaluate_bars(document["runs"])))
+    _print_noise(document)
+    print(f"\nwrote {write_document(document, args.out, 'compare')}")
+    return 1 if document.get("failures") else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    document = orjson.loads(args.file.read_bytes())
+    if args.markdown:
+        runs = [r for r in document.get("runs", []) if r]
+        print(markdown_table(RUN_COLUMNS, run_rows(runs)))
+        print()
+        for bar in evaluate_bars(runs):
+            print(f"- **{bar.verdict}**: {bar.name} ({bar.detail})")
+        return 0
+    _print_runs(document)
+    print("\nbars:")
+    print(bars_text(evaluate_bars(document.get("runs", []))))
+    _print_noise(document)
+    return 0
+
+
+COMMANDS = {
+    "inprocess": cmd_inprocess,
+    "http": cmd_http,
+    "compare": cmd_compare,
+    "show": cmd_show,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""What the baselines share: their command line and the contract's response shape."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models import ACTIONS, SPECS
+from models.spec import ModelSpec
+
+MODEL = "tactical"
+SPEC: ModelSpec = SPECS[MODEL]
+HOST = "127.0.0.1"
+
+
+def parse_args(prog: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"Benchmark baseline serving {MODEL!r} on {HOST} (POST /infer, GET /readyz).",
+    )
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=Path("artifacts"),
+        help="optimizer output directory (default: artifacts)",
+    )
+    return parser.parse_args(argv)
+
+
+def version_of(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def decision(probs: np.ndarray, value: float, weights: np.ndarray) -> dict:
+    """The contract's per-observation fields from (agents, 3) probabilities."""
+    mean = weights @ probs
+    action = int(mean.argmax())
+    return {
+        "action": ACTIONS[action],
+        "confidence": float(mean[action]),
+        "agents": {name: probs[i].tolist() for i, name in enumerate(SPEC.agents)},
+        "value": float(value),
+        "cached": False,
+    }
+
+
+def equal_weights() -> np.ndarray:
+    n = len(SPEC.agents)
+    return np.full(n, 1.0 / n, dtype=np.float32)

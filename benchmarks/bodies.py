@@ -1,0 +1,75 @@
+"""Request bodies for the load generators.
+
+A cold run must never send the same observation twice (so the server's cache is not what is
+measured), yet pre-rendering hundreds of thousands of 60x7 JSON bodies would cost more
+memory and start-up than the run itself. So a body is ``PREFIX + sequence + suffix[i]``:
+``suffix`` holds ``templates`` pre-rendered random observations less their first value, and
+the first value is the request's sequence number written as ``0.NNNNNNN``. Two requests with
+the same template differ in their sequence by a multiple of ``templates`` (>= 1e-4 apart),
+which float32 keeps apart, and templates of different runs come from different seeds.
+
+A warm run cycles a fixed working set: sequence ``i % working_set`` on template
+``i % working_set``, the same bytes every lap.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.spec import get_spec
+
+
+class Mode(enum.StrEnum):
+    COLD = "cold"
+    WARM = "warm"
+
+
+COLD_TEMPLATES = 2048
+WARM_WORKING_SET = 64
+SEQUENCE_LIMIT = 10_000_000  # 7 decimal digits after "0."
+
+
+def format_sequence(seq: int) -> str:
+    return f"0.{seq % SEQUENCE_LIMIT:07d}"
+
+
+@dataclass(frozen=True, slots=True)
+class BodySet:
+    model: str
+    mode: Mode
+    prefix: bytes
+    suffixes: tuple[bytes, ...]
+
+    def body(self, i: int) -> bytes:
+        """The i-th request body of a run (i counts from 0)."""
+        n = len(self.suffixes)
+        seq = i % n if self.mode is Mode.WARM else i
+        return self.prefix + format_sequence(seq).encode() + self.suffixes[i % n]
+
+    def write_lua_data(self, path: Path) -> None:
+        """One suffix per line; the prefix travels as a wrk script argument."""
+        path.write_bytes(b"\n".join(self.suffixes) + b"\n")
+
+
+def _render_suffix(observation: np.ndarray) -> bytes:
+    rows = [",".join(f"{v:.4f}" for v in row) for row in observation.tolist()]
+    first_rest = rows[0].split(",", 1)[1] if "," in rows[0] else ""
+    head = ("," + first_rest) if first_rest else ""
+    tail = "".join(f",[{r}]" for r in rows[1:])
+    return f"{head}]{tail}]}}".encode()
+
+
+def make_bodies(model: str, mode: Mode, seed: int, templates: int | None = None) -> BodySet:
+    """Bodies for ``model`` in ``mode``; ``seed`` should differ between runs on one server."""
+    spec = get_spec(model)
+    count = templates or (COLD_TEMPLATES if mode is Mode.COLD else WARM_WORKING_SET)
+    rng = np.random.default_rng(seed)
+    # Market-like features: small centred values with an occasional larger move.
+    data = rng.standard_normal((count, spec.rows, spec.features)).astype(np.float32)
+    suffixes = tuple(_render_suffix(obs) for obs in data)
+    prefix = f'{{"model":"{model}","observation":[['.encode()
+    return BodySet(model=model, mode=mode, prefix=prefix, suffixes=suffixes)

@@ -1,0 +1,213 @@
+"""Pure numbers: percentiles, ratios and the performance bars. No I/O, no clocks."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p99", 99.0), ("p99_9", 99.9))
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending sequence (the value at rank ceil(pct% * n)),
+    so p99.9 of 1000 samples is the 999th, never an interpolation between two samples."""
+    if not sorted_values:
+        return math.nan
+    if not 0.0 <= pct <= 100.0:
+        raise ValueError(f"percentile {pct} is outside 0..100")
+    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values) - 1e-9))
+    return float(sorted_values[rank - 1])
+
+
+def latency_summary(values_us: Sequence[float]) -> dict[str, float]:
+    """``{"p50", "p99", "p99_9", "max"}`` in microseconds (NaN when there are no samples)."""
+    ordered = sorted(values_us)
+    out = {name: percentile(ordered, pct) for name, pct in PERCENTILES}
+    out["max"] = float(ordered[-1]) if ordered else math.nan
+    return out
+
+
+def sample(values: Sequence[float], limit: int, seed: int = 0) -> list[float]:
+    """At most ``limit`` values drawn without replacement, in their original order."""
+    if len(values) <= limit:
+        return [round(float(v), 1) for v in values]
+    picked = sorted(random.Random(seed).sample(range(len(values)), limit))
+    return [round(float(values[i]), 1) for i in picked]
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or None when either side is missing or not positive."""
+    if numerator is None or denominator is None:
+        return None
+    if not math.isfinite(numerator) or not math.isfinite(denominator) or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+# --- the bars ---------------------------------------------------------------------------
+
+RunKey = tuple[str, str, int]  # (target, mode, concurrency)
+
+
+@dataclass(frozen=True, slots=True)
+class BarResult:
+    name: str
+    met: bool | None  # None: a run it needs is missing
+    detail: str
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "NOT MET", None: "n/a"}[self.met]
+
+    def to_json(self) -> dict[str, object]:
+        return {"bar": self.name, "met": self.met, "detail": self.detail}
+
+
+def index_runs(runs: Sequence[dict]) -> dict[RunKey, dict]:
+    return {(r["target"], r["mode"], int(r["concurrency"])): r for r in runs}
+
+
+def _p(run: dict | None, key: str) -> float | None:
+    if run is None:
+        return None
+    value = run["latency_us"].get(key)
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _rps(run: dict | None) -> float | None:
+    return None if run is None else float(run["rps"])
+
+
+def _missing(name: str, *needed: str) -> BarResult:
+    return BarResult(name, None, "missing run(s): " + ", ".join(needed))
+
+
+def error_count(run: dict) -> int:
+    return int(sum(run.get("errors", {}).values()))
+
+
+def bar_single_client(runs: dict[RunKey, dict]) -> BarResult:
+    name = "1 client cold: p99 < 500 us and <= 2x raw_floor p99"
+    ours, floor = (
+        _p(runs.get(("ours", "cold", 1)), "p99"),
+        _p(runs.get(("raw_floor", "cold", 1)), "p99"),
+    )
+    if ours is None or floor is None:
+        return _missing(name, "ours cold@1", "raw_floor cold@1")
+    met = ours < 500.0 and ours <= 2.0 * floor
+    return BarResult(
+        name, met, f"p99 {ours:.0f} us; raw_floor p99 {floor:.0f} us (x{ours / floor:.2f})"
+    )
+
+
+def bar_sixteen_clients(runs: dict[RunKey, dict]) -> BarResult:
+    name = "16 clients cold: rps >= 10x plain_fastapi and >= tuned_ort, p99 < 5 ms"
+    ours = runs.get(("ours", "cold", 16))
+    plain, tuned = runs.get(("plain_fastapi", "cold", 16)), runs.get(("tuned_ort", "cold", 16))
+    if ours is None or plain is None or tuned is None:
+        return _missing(name, "ours cold@16", "plain_fastapi cold@16", "tuned_ort cold@16")
+    vs_plain, vs_tuned = ratio(_rps(ours), _rps(plain)), ratio(_rps(ours), _rps(tuned))
+    p99 = _p(ours, "p99")
+    met = (
+        vs_plain is not None
+        and vs_plain >= 10.0
+        and vs_tuned is not None
+        and vs_tuned >= 1.0
+        and p99 is not None
+        and p99 < 5000.0
+    )
+    return BarResult(
+        name,
+        met,
+        f"rps {ours['rps']:.0f} = x{_fmt(vs_plain)} plain_fastapi, "
+        f"x{_fmt(vs_tuned)} tuned_ort; p99 {_fmt(p99, 0)} us",
+    )
+
+
+def bar_sixty_four_clients(runs: dict[RunKey, dict]) -> BarResult:
+    name = "64 clients cold: no errors and p99 < 15 ms"
+    ours = runs.get(("ours", "cold", 64))
+    if ours is None:
+        return _missing(name, "ours cold@64")
+    errors, p99 = error_count(ours), _p(ours, "p99")
+    met = errors == 0 and p99 is not None and p99 < 15000.0
+    return BarResult(name, met, f"{errors} errors of {ours['requests']}; p99 {_fmt(p99, 0)} us")
+
+
+def bar_cache_hit(runs: dict[RunKey, dict]) -> BarResult:
+    name = "cache warm: hit p50 <= raw_floor p50 + 50 us"
+    ours, floor = (
+        _p(runs.get(("ours", "warm", 1)), "p50"),
+        _p(runs.get(("raw_floor", "warm", 1)), "p50"),
+    )
+    if ours is None or floor is None:
+        return _missing(name, "ours warm@1", "raw_floor warm@1")
+    return BarResult(
+        name,
+        ours <= floor + 50.0,
+        f"hit p50 {ours:.0f} us; raw_floor p50 {floor:.0f} us (+{ours - floor:.0f})",
+    )
+
+
+def bar_monitoring(runs: dict[RunKey, dict]) -> BarResult:
+    name = "monitoring on vs off: throughput within 5%"
+    on, off = (
+        _rps(runs.get(("ours", "cold", 16))),
+        _rps(runs.get(("ours_no_monitoring", "cold", 16))),
+    )
+    if on is None or off is None:
+        return _missing(name, "ours cold@16", "ours_no_monitoring cold@16")
+    diff = abs(on - off) / max(on, off) if max(on, off) > 0 else math.inf
+    return BarResult(
+        name,
+        diff < 0.05,
+        f"rps on {on:.0f}, off {off:.0f} ({100 * (on - off) / max(off, 1e-9):+.1f}%)",
+    )
+
+
+BARS = (
+    bar_single_client,
+    bar_sixteen_clients,
+    bar_sixty_four_clients,
+    bar_cache_hit,
+    bar_monitoring,
+)
+
+
+def evaluate_bars(runs: Sequence[dict]) -> list[BarResult]:
+    indexed = index_runs(runs)
+    return [bar(indexed) for bar in BARS]
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# --- ratios -------------------------------------------------------------------------------
+
+BASELINES: tuple[str, ...] = ("plain_fastapi", "tuned_ort", "raw_floor")
+
+
+def compute_ratios(runs: Sequence[dict], subject: str = "ours") -> dict[str, float]:
+    """Flat ``{"<metric>:<mode>@<concurrency>:<subject>/<baseline>": ratio}`` for every
+    (mode, concurrency) that both the subject and a baseline ran. rps above 1 is better for
+    the subject; latency ratios below 1 are."""
+    indexed = index_runs(runs)
+    out: dict[str, float] = {}
+    for (target, mode, conc), mine in sorted(indexed.items()):
+        if target != subject:
+            continue
+        for baseline in BASELINES:
+            theirs = indexed.get((baseline, mode, conc))
+            if theirs is None:
+                continue
+            pairs = {"rps": (_rps(mine), _rps(theirs))}
+            for key in ("p50", "p99", "p99_9"):
+                pairs[key] = (_p(mine, key), _p(theirs, key))
+            for metric, (a, b) in pairs.items():
+                value = ratio(a, b)
+                if value is not None:
+                    out[f"{metric}:{mode}@{conc}:{subject}/{baseline}"] = round(value, 4)
+    return out

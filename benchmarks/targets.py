@@ -1,0 +1,70 @@
+"""The servers a benchmark can drive, and the command that starts each one."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.procs import LOOPBACK
+
+
+class Target(enum.StrEnum):
+    OURS = "ours"
+    # Our server started with --no-monitoring, for the monitoring-overhead bar.
+    OURS_NO_MONITORING = "ours_no_monitoring"
+    PLAIN_FASTAPI = "plain_fastapi"
+    TUNED_ORT = "tuned_ort"
+    RAW_FLOOR = "raw_floor"
+
+    @property
+    def is_ours(self) -> bool:
+        return self in (Target.OURS, Target.OURS_NO_MONITORING)
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchOptions:
+    artifacts: Path
+    workers: int | None = None  # None: the server's own default
+    cache_size: int | None = None  # None: the server's own default; 0 turns the cache off
+
+
+# Our server may build missing artifacts before it reports ready.
+READY_TIMEOUT_S = {Target.OURS: 240.0, Target.OURS_NO_MONITORING: 240.0}
+DEFAULT_READY_TIMEOUT_S = 90.0
+
+
+def server_available() -> bool:
+    return (Path(__file__).resolve().parent.parent / "server" / "__main__.py").is_file()
+
+
+def command(target: Target, port: int, options: LaunchOptions) -> list[str]:
+    if not target.is_ours:
+        return [
+            sys.executable,
+            "-m",
+            f"benchmarks.baselines.{target.value}",
+            "--port",
+            str(port),
+            "--artifacts",
+            str(options.artifacts),
+        ]
+    argv = [
+        sys.executable,
+        "-m",
+        "server",
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--artifacts",
+        str(options.artifacts),
+    ]
+    if options.workers is not None:
+        argv += ["--workers", str(options.workers)]
+    if options.cache_size is not None:
+        argv += ["--cache-size", str(options.cache_size)]
+    if target is Target.OURS_NO_MONITORING:
+        argv.append("--no-monitoring")
+    return argv

@@ -1,0 +1,147 @@
+"""The benchmark tool against real servers on loopback, with tiny durations: the baselines
+start and answer the contract, both load generators measure, the CLI writes its document."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import torch
+
+import models
+from benchmarks.bodies import Mode, make_bodies
+from benchmarks.httpbench import HttpSettings, RunPlan, measure
+from benchmarks.loadgen import Generator, run_python, wrk_path
+from benchmarks.procs import ServerProcess, free_port, process_tree
+from benchmarks.targets import LaunchOptions, Target, command
+from tests.support import ROOT, pid_alive, start_server
+
+pytestmark = pytest.mark.slow
+
+RUN_KEYS = {"target", "mode", "concurrency", "duration_s", "generator", "requests", "rps",
+            "latency_us", "errors", "cpu"}  # fmt: skip
+
+
+def started(target: Target, launch: LaunchOptions, logs: Path) -> Iterator[ServerProcess]:
+    port = free_port()
+    server = ServerProcess(str(target), command(target, port, launch), port,
+                           logs / f"{target}.log")  # fmt: skip
+    with server:
+        server.wait_ready(timeout_s=90)
+        tree = process_tree(server.pid)
+        yield server
+    leftover = [pid for pid in tree if pid_alive(pid)]
+    assert not leftover, f"{target} left processes behind: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def raw_floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    logs = tmp_path_factory.mktemp("bench-logs")
+    yield from started(Target.RAW_FLOOR, LaunchOptions(artifacts=logs), logs)
+
+
+def check_record(record: dict, generator: str) -> None:
+    assert set(record) >= RUN_KEYS
+    assert record["generator"] == generator
+    assert record["requests"] > 0 and record["rps"] > 0
+    assert record["errors"] == {}, record["errors"]
+    lat = record["latency_us"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["p99_9"] <= lat["max"]
+    assert record["cpu"]["server_s"] > 0 and record["cpu"]["loadgen_s"] > 0
+
+
+def test_python_generator_measures_raw_floor(raw_floor: ServerProcess, tmp_path: Path) -> None:
+    settings = HttpSettings(duration_s=0.5, generator=Generator.PYTHON, logs_dir=tmp_path,
+                            warmup_s=0.2)  # fmt: skip
+    record = measure(raw_floor, Target.RAW_FLOOR, RunPlan(Mode.COLD, 2), settings, seed=1)
+    check_record(record, "python")
+    assert record["concurrency"] == 2 and record["mode"] == "cold"
+    assert 0 < len(record["samples_us"]) <= min(2000, record["requests"])
+
+
+def test_wrk_generator_measures_raw_floor(raw_floor: ServerProcess, tmp_path: Path) -> None:
+    if wrk_path() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but wrk is not on PATH; .ci/ installs it (apt-get install wrk)")
+        pytest.skip("wrk is not on PATH (apt-get install wrk); the Python generator is tested")
+    settings = HttpSettings(duration_s=1, generator=Generator.WRK, logs_dir=tmp_path,
+                            warmup_s=0.2)  # fmt: skip
+    record = measure(raw_floor, Target.RAW_FLOOR, RunPlan(Mode.WARM, 2), settings, seed=2)
+    check_record(record, "wrk")
+    assert "samples_us" not in record  # wrk hands back percentiles only
+
+
+def test_python_generator_counts_non_2xx_by_status(raw_floor: ServerProcess) -> None:
+    bodies = make_bodies("tactical", Mode.COLD, seed=3, templates=4)
+    not_json = type(bodies)(bodies.model, bodies.mode, b"not json", bodies.suffixes)
+    result = run_python(raw_floor.port, not_json, concurrency=2, duration_s=5, max_requests=20)
+    assert result.requests == 20 and result.errors == {"400": 20}
+
+
+def test_cli_writes_the_result_document(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    argv = [sys.executable, "-m", "benchmarks", "http", "--target", "raw_floor",
+            "--concurrency", "2", "--duration", "0.5", "--warmup", "0.2",
+            "--generator", "python", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert str(out) in done.stdout and "raw_floor" in done.stdout
+    doc = orjson.loads(out.read_bytes())
+    assert set(doc) >= {"kind", "machine", "versions", "git_commit", "created", "runs",
+                        "inprocess", "ratios"}  # fmt: skip
+    assert doc["kind"] == "benchmark" and doc["machine"]["cores"] >= 1
+    assert doc["machine"]["cpu_model"] and doc["versions"]["uvicorn"]
+    [record] = doc["runs"]
+    check_record(record, "python")
+
+
+def reference(observation: np.ndarray) -> tuple[np.ndarray, float]:
+    policy = models.build_default("tactical")
+    with torch.no_grad():
+        probs, value = policy(torch.from_numpy(observation[None]))
+    return probs[0].numpy(), float(value[0, 0])
+
+
+@pytest.mark.parametrize("target", [Target.PLAIN_FASTAPI, Target.TUNED_ORT, Target.RAW_FLOOR])
+def test_baselines_answer_the_contract(target: Target, artifacts_dir: Path, tmp_path: Path) -> None:
+    observation = np.random.default_rng(4).standard_normal((60, 7)).astype(np.float32)
+    body = {"model": "tactical", "observation": observation.tolist()}
+    for server in started(target, LaunchOptions(artifacts=artifacts_dir), tmp_path):
+        url = f"http://127.0.0.1:{server.port}/infer"
+        answer = httpx.post(url, json=body, timeout=10)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith(
+            "application/json"
+        )
+        doc = answer.json()
+        assert set(doc) == {"model", "version", "action", "confidence", "agents", "value",
+                            "cached"}  # fmt: skip
+        assert doc["cached"] is False and doc["action"] in models.ACTIONS
+        if target is Target.RAW_FLOOR:
+            continue  # a constant answer by design
+        probs, value = reference(observation)
+        got = np.array([doc["agents"][a] for a in ("fvg", "momentum", "entry")])
+        np.testing.assert_allclose(got, probs, atol=1e-5)
+        assert doc["value"] == pytest.approx(value, abs=1e-4)
+        wrong = httpx.post(url, json={"model": "tactical", "observation": [[1.0, 2.0]]})
+        assert wrong.status_code == 422
+
+
+def test_our_server_under_both_generators_modes(artifacts_dir: Path, tmp_path: Path) -> None:
+    generators = [Generator.PYTHON] + ([Generator.WRK] if wrk_path() else [])
+    with start_server(artifacts_dir, workers=2) as handle:
+        server = ServerProcess("ours", [], handle.port, handle.log_path)
+        server.proc = handle.process
+        for k, generator in enumerate(generators):
+            settings = HttpSettings(duration_s=0.5, generator=generator, logs_dir=tmp_path,
+                                    warmup_s=0.3)  # fmt: skip
+            for mode in Mode:
+                record = measure(server, Target.OURS, RunPlan(mode, 4), settings, seed=10 + k)
+                check_record(record, str(generator))
+        server.proc = None  # start_server stops it and checks its workers

@@ -1,0 +1,227 @@
+"""The benchmark's arithmetic on fixed inputs: percentiles, ratios, bars, bodies, wrk's
+report, tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from benchmarks.bodies import Mode, make_bodies
+from benchmarks.httpbench import RunPlan, run_record
+from benchmarks.loadgen import Generator, LoadResult, parse_wrk_output, wrk_errors
+from benchmarks.stats import (
+    compute_ratios,
+    evaluate_bars,
+    latency_summary,
+    percentile,
+    ratio,
+    sample,
+)
+from benchmarks.tables import RUN_COLUMNS, markdown_table, run_rows, text_table
+from benchmarks.targets import Target
+
+
+def run(
+    target: str,
+    mode: str,
+    concurrency: int,
+    rps: float,
+    p50: float,
+    p99: float,
+    errors: dict[str, int] | None = None,
+) -> dict:
+    return {
+        "target": target, "mode": mode, "concurrency": concurrency, "duration_s": 2,
+        "generator": "python", "requests": int(rps * 2), "rps": rps,
+        "latency_us": {"p50": p50, "p99": p99, "p99_9": p99 * 1.5, "max": p99 * 2},
+        "errors": errors or {}, "cpu": {"server_s": 1.0, "loadgen_s": 0.5},
+    }  # fmt: skip
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 1001))  # 1..1000
+    assert percentile(values, 50) == 500
+    assert percentile(values, 99) == 990
+    assert percentile(values, 99.9) == 999
+    assert percentile(values, 100) == 1000
+    assert percentile(values, 0) == 1
+    assert percentile([7.0], 99.9) == 7.0
+
+
+def test_percentile_of_nothing_is_nan_and_range_is_checked() -> None:
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError, match="outside"):
+        percentile([1.0], 101)
+
+
+def test_latency_summary_sorts_and_reports_max() -> None:
+    summary = latency_summary([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert summary == {"p50": 3.0, "p99": 5.0, "p99_9": 5.0, "max": 5.0}
+    assert all(math.isnan(v) for v in latency_summary([]).values())
+
+
+def test_sample_keeps_order_and_limit() -> None:
+    values = [float(i) for i in range(10_000)]
+    picked = sample(values, 100, seed=3)
+    assert len(picked) == 100 and picked == sorted(picked)
+    assert sample(values, 100, seed=3) == picked
+    assert sample([1.0, 2.0], 100) == [1.0, 2.0]
+
+
+def test_ratio_refuses_missing_or_non_positive_denominators() -> None:
+    assert ratio(10.0, 4.0) == 2.5
+    assert ratio(None, 4.0) is None
+    assert ratio(1.0, 0.0) is None
+    assert ratio(math.nan, 1.0) is None
+
+
+def meeting_runs() -> list[dict]:
+    return [
+        run("raw_floor", "cold", 1, 12_000, 80, 150),
+        run("raw_floor", "warm", 1, 12_000, 80, 150),
+        run("plain_fastapi", "cold", 16, 800, 15_000, 40_000),
+        run("tuned_ort", "cold", 16, 7_000, 2_000, 4_000),
+        run("ours", "cold", 1, 6_000, 150, 280),
+        run("ours", "cold", 16, 9_000, 1_500, 3_000),
+        run("ours", "cold", 64, 9_000, 6_000, 12_000),
+        run("ours", "warm", 1, 10_000, 120, 200),
+        run("ours_no_monitoring", "cold", 16, 9_200, 1_450, 2_900),
+    ]
+
+
+def test_every_bar_met() -> None:
+    bars = evaluate_bars(meeting_runs())
+    assert [b.met for b in bars] == [True] * 5, [b.detail for b in bars]
+
+
+def test_each_bar_fails_on_its_own_figure() -> None:
+    runs = {(r["target"], r["mode"], r["concurrency"]): r for r in meeting_runs()}
+    runs["ours", "cold", 1]["latency_us"]["p99"] = 301  # > 2 x raw_floor's 150
+    runs["ours", "cold", 16]["rps"] = 7_900  # < 10 x plain_fastapi's 800
+    runs["ours", "cold", 64]["errors"] = {"503": 1}
+    runs["ours", "warm", 1]["latency_us"]["p50"] = 131  # > raw_floor 80 + 50
+    runs["ours_no_monitoring", "cold", 16]["rps"] = 7_900 / 0.94  # on is 6% below off
+    assert [b.met for b in evaluate_bars(list(runs.values()))] == [False] * 5
+
+
+def test_single_client_bar_has_an_absolute_limit_too() -> None:
+    runs = meeting_runs()
+    for r in runs:
+        if r["concurrency"] == 1 and r["mode"] == "cold":
+            r["latency_us"]["p99"] = 600 if r["target"] == "ours" else 400
+    assert evaluate_bars(runs)[0].met is False  # within 2x of the floor, but over 500 us
+
+
+def test_bars_without_their_runs_are_not_applicable() -> None:
+    only_baselines = [r for r in meeting_runs() if not r["target"].startswith("ours")]
+    bars = evaluate_bars(only_baselines)
+    assert [b.met for b in bars] == [None] * 5
+    assert all(b.verdict == "n/a" and "missing" in b.detail for b in bars)
+
+
+def test_ratios_pair_ours_with_each_baseline_at_the_same_point() -> None:
+    ratios = compute_ratios(meeting_runs())
+    assert ratios["rps:cold@16:ours/plain_fastapi"] == pytest.approx(9_000 / 800, rel=1e-3)
+    assert ratios["rps:cold@16:ours/tuned_ort"] == pytest.approx(9_000 / 7_000, rel=1e-3)
+    assert ratios["p99:cold@1:ours/raw_floor"] == pytest.approx(280 / 150, rel=1e-3)
+    assert ratios["p50:warm@1:ours/raw_floor"] == pytest.approx(120 / 80, rel=1e-3)
+    assert not any("@64" in key for key in ratios)  # no baseline ran at 64 here
+    assert not any("ours_no_monitoring" in key for key in ratios)
+
+
+def test_cold_bodies_never_repeat_and_parse_to_the_model_shape() -> None:
+    bodies = make_bodies("tactical", Mode.COLD, seed=1, templates=16)
+    seen = set()
+    for i in range(2_000):
+        doc = orjson.loads(bodies.body(i))
+        obs = np.asarray(doc["observation"], dtype=np.float32)
+        assert doc["model"] == "tactical" and obs.shape == (60, 7)
+        seen.add(obs.tobytes())
+    assert len(seen) == 2_000  # distinct even as float32, as the server's cache sees them
+
+
+def test_warm_bodies_cycle_a_fixed_working_set() -> None:
+    bodies = make_bodies("strategic", Mode.WARM, seed=2)
+    assert len({bodies.body(i) for i in range(1_000)}) == 64
+    assert bodies.body(5) == bodies.body(5 + 64)
+    obs = np.asarray(orjson.loads(bodies.body(0))["observation"])
+    assert obs.shape == (48, 13)
+
+
+def test_runs_of_different_seeds_share_no_body() -> None:
+    a = make_bodies("tactical", Mode.COLD, seed=1, templates=8)
+    b = make_bodies("tactical", Mode.COLD, seed=2, templates=8)
+    assert not {a.body(i) for i in range(100)} & {b.body(i) for i in range(100)}
+
+
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:1234/infer
+  1 threads and 2 connections
+BENCH_JSON {"requests":1200,"duration_us":1002000,"p50":81.0,"p99":120.0,"p99_9":900.0,\
+"max":1500.0,"statuses":{"200":1190,"503":10},"connect":0,"read":2,"write":0,"timeout":0}
+Requests/sec:   1197.60
+"""
+
+
+def test_wrk_report_is_parsed_and_errors_are_counted_by_status() -> None:
+    report = parse_wrk_output(WRK_OUTPUT)
+    assert report["requests"] == 1200 and report["p99_9"] == 900.0
+    assert wrk_errors(report) == {"503": 10, "socket_read": 2}
+    with pytest.raises(ValueError, match="BENCH_JSON"):
+        parse_wrk_output("Running 1s test\n")
+
+
+def test_run_record_has_the_result_format_keys() -> None:
+    result = LoadResult(
+        generator=Generator.WRK, requests=100, elapsed_s=0.5,
+        latency_us={"p50": 1.0, "p99": 2.0, "p99_9": 3.0, "max": 4.0},
+        errors={"503": 1}, loadgen_cpu_s=0.1,
+    )  # fmt: skip
+    record = run_record(Target.RAW_FLOOR, RunPlan(Mode.WARM, 16), 1.0, result, 0.7, 0.05)
+    assert set(record) == {
+        "target", "mode", "concurrency", "duration_s", "generator", "requests", "rps",
+        "latency_us", "errors", "cpu",
+    }  # fmt: skip
+    assert record["rps"] == 200.0 and record["target"] == "raw_floor"
+    assert record["mode"] == "warm" and record["generator"] == "wrk"
+    assert record["cpu"] == {"server_s": 0.7, "loadgen_s": 0.1, "other_s": 0.05}
+
+
+def test_tables_render_every_run() -> None:
+    rows = run_rows(meeting_runs())
+    assert len(rows) == 9 and all(len(r) == len(RUN_COLUMNS) for r in rows)
+    text = text_table(RUN_COLUMNS, rows)
+    assert "ours_no_monitoring" in text and "9,000" in text
+    md = markdown_table(RUN_COLUMNS, rows)
+    assert md.count("\n") == 10 and md.startswith("| target |")
+
+
+def test_show_prints_a_saved_result(tmp_path, capsys) -> None:
+    from benchmarks.__main__ import main
+
+    path = tmp_path / "result.json"
+    path.write_bytes(orjson.dumps({"kind": "benchmark", "machine": {"cores": 2},
+                                   "runs": meeting_runs(), "inprocess": []}))  # fmt: skip
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[met    ]") == 5 and "tuned_ort" in out
+    assert main(["show", "--markdown", str(path)]) == 0
+    assert capsys.readouterr().out.count("- **met**") == 5
+
+
+def test_a_run_is_noisy_when_others_took_over_a_tenth_of_the_machine(tmp_path) -> None:
+    from benchmarks.httpbench import HttpSettings, is_noisy
+
+    settings = HttpSettings(duration_s=5, generator=Generator.PYTHON, logs_dir=tmp_path)
+    record = run("ours", "cold", 16, 9_000, 1_500, 3_000)
+    record["duration_s"] = 5
+    record["cpu"]["other_s"] = 0.9  # of 5 s x 2 cores: 9%
+    assert not is_noisy(record, settings, cores=2)
+    record["cpu"]["other_s"] = 1.1
+    assert is_noisy(record, settings, cores=2)
+    del record["cpu"]["other_s"]
+    assert not is_noisy(record, settings, cores=2)
+    with pytest.raises(ValueError, match="noisy retries"):
+        HttpSettings(duration_s=1, generator=Generator.PYTHON, logs_dir=tmp_path, noisy_retries=9)
