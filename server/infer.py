@@ -37,7 +37,7 @@ _CACHED = b',"cached":true}'
 _FRESH = b',"cached":false}'
 _NS_PER_US = 1000.0
 # A request that arrives after the front sat idle this long is alone: it may run inline.
-_IDLE_GAP_NS = 30_000
+_IDLE_GAP_NS = 10_000
 
 
 class RequestHead:
