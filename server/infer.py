@@ -180,8 +180,14 @@ class InferCore:
         respond: Respond,
     ) -> None:
         done = time.perf_counter_ns()
-        inference_ns = 0 if cached else result[2]
         respond(200, result[1] + result[0] + (_CACHED if cached else _FRESH), None)
+        self.record_ok(
+            model, (start, parsed_at, looked_up, done), 0 if cached else result[2], cached
+        )
+
+    def record_ok(self, model: str, marks: tuple, inference_ns: int, cached: bool) -> None:
+        """``marks``: when the request started, was parsed, was looked up, was computed."""
+        start, parsed_at, looked_up, done = marks
         end = time.perf_counter_ns()
         self._last_done_ns = end
         self.monitor.record_request(
@@ -273,18 +279,8 @@ class BatchAnswer:
             (r[2] for r, c in zip(self.results, self.cached, strict=True) if not c), default=0
         )
         self.respond(200, body, None)
-        end = time.perf_counter_ns()
-        self.core._last_done_ns = end
-        self.core.monitor.record_request(
-            self.model,
-            200,
-            (end - self.start) / _NS_PER_US,
-            (self.parsed_at - self.start) / _NS_PER_US,
-            (self.looked_up - self.parsed_at) / _NS_PER_US,
-            max(0, done - self.looked_up - inference_ns) / _NS_PER_US,
-            inference_ns / _NS_PER_US,
-            all(self.cached),
-        )
+        marks = (self.start, self.parsed_at, self.looked_up, done)
+        self.core.record_ok(self.model, marks, inference_ns, all(self.cached))
 
 
 def _as_api_error(error: BaseException) -> ApiError:
