@@ -20,6 +20,9 @@ from server.infer import InferCore, RequestHead
 
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
+# On shutdown an idle keep-alive connection stays open this long, so that a request the
+# client already sent is answered (with ``connection: close``) instead of reset.
+_DRAIN_GRACE_S = 0.25
 
 
 class _NoEvent:
@@ -51,6 +54,7 @@ class FastLaneProtocol(HttpToolsProtocol):
     _early_error: ApiError | None = None
     _head: RequestHead | None = None
     _date = (None, b"")
+    _draining = False
 
     def on_message_begin(self) -> None:
         self._body = None
@@ -66,7 +70,10 @@ class FastLaneProtocol(HttpToolsProtocol):
             or self.parser.get_method() != b"POST"
             or self.parser.should_upgrade()
         ):
-            return super().on_headers_complete()
+            super().on_headers_complete()
+            if self._draining and self.cycle is not None:
+                self.cycle.keep_alive = False
+            return
         self._head = head = RequestHead(self.headers, self.client[0] if self.client else "?")
         self._early_error = None
         try:
@@ -75,7 +82,11 @@ class FastLaneProtocol(HttpToolsProtocol):
             self._early_error = error
         self._body = []
         self._body_size = 0
-        keep_alive = self.parser.should_keep_alive() and self.parser.get_http_version() == "1.1"
+        keep_alive = (
+            self.parser.should_keep_alive()
+            and self.parser.get_http_version() == "1.1"
+            and not self._draining
+        )
         self._fast = self.cycle = FastCycle(keep_alive)  # type: ignore[assignment]
         if self.expect_100_continue:
             if self._early_error is None:
@@ -138,6 +149,19 @@ class FastLaneProtocol(HttpToolsProtocol):
             transport.close()
             return
         self.on_response_complete()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: finish what is in flight, close after it."""
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            self.loop.call_later(_DRAIN_GRACE_S, self._close_when_idle)
+        else:
+            self.cycle.keep_alive = False
+
+    def _close_when_idle(self) -> None:
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and not self.transport.is_closing():
+            self.transport.close()
 
     def _default_headers(self) -> bytes:
         """uvicorn rebuilds its date header once a second; render it once per change."""

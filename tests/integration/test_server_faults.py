@@ -205,3 +205,54 @@ def test_api_key_and_rate_limit(artifacts_dir: Path) -> None:
         assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:]
         limited = httpx.post(url, json=body(9), headers={"x-api-key": "s3cret"})
         assert limited.status_code == 429 and "retry-after" in limited.headers
+
+
+def test_sigterm_closes_busy_keep_alive_connections_gracefully(artifacts_dir: Path) -> None:
+    """Clients that keep sending on keep-alive connections across SIGTERM get every request
+    they sent answered (the last with ``connection: close``), never a reset."""
+    import socket
+    import threading
+
+    import orjson
+
+    payload = orjson.dumps({"model": "tactical", "observation": OBS[0].tolist()})
+    request = (
+        b"POST /infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(payload)
+    ) + payload
+    outcomes: list[str] = []
+
+    def client(port: int) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            while True:
+                sock.sendall(request)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        outcomes.append("closed before answering")
+                        return
+                    data += chunk
+                head, rest = data.split(b"\r\n\r\n", 1)
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                while len(rest) < length:
+                    rest += sock.recv(65536)
+                if b"connection: close" in head.lower():
+                    outcomes.append("closed gracefully")
+                    return
+        except ConnectionResetError:
+            outcomes.append("reset")
+        finally:
+            sock.close()
+
+    with start_server(artifacts_dir, workers=2) as server:
+        threads = [threading.Thread(target=client, args=(server.port,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(20)
+        server.process.wait(30)
+    assert outcomes == ["closed gracefully"] * 8, outcomes
