@@ -8,6 +8,7 @@ import sys
 
 import uvicorn
 
+from optimize.loader import ManifestError, verify_artifacts
 from server.app import create_app
 from server.config import ConfigError, ServerConfig, load_config
 from server.fastlane import fast_lane_protocol
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as exc:
         print(f"building artifacts failed ({exc}); see the optimizer's output", file=sys.stderr)
         return 1
+    try:
+        verify_artifacts(config.artifacts_dir)
+    except ManifestError as exc:
+        print(f"cannot serve {config.artifacts_dir}: {exc}", file=sys.stderr)
+        return 3
     app = create_app(config)
     uvicorn.run(
         app,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,8 @@ from server.errors import NoHealthyWorker, error_body
 from server.infer import asgi_infer, send_error
 from server.pool import MODEL_NAMES
 from server.runtime import ReloadRefused, Runtime
+
+log = logging.getLogger("server")
 
 
 def _error(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
@@ -95,24 +98,24 @@ def build_api(runtime: Runtime) -> FastAPI:
 
 
 def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one route each
-    @api.get("/healthz")
+    @api.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @api.get("/readyz")
+    @api.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz() -> Response:
         pool = runtime.pool
         if pool is None or not pool.ready():
             return _error(503, "not_ready", "no model is loaded on a healthy worker yet", 1)
         return JSONResponse({"status": "ready", "models": pool.versions})
 
-    @api.get("/models")
+    @api.api_route("/models", methods=["GET", "HEAD"])
     async def models() -> Response:
         if runtime.manifest is None:
             return _error(503, "not_ready", "models are still loading", 1)
         return JSONResponse(_model_info(runtime))
 
-    @api.get("/stats")
+    @api.api_route("/stats", methods=["GET", "HEAD"])
     async def stats() -> Response:
         if runtime.monitor is None:
             return _error(503, "not_ready", "the server is starting", 1)
@@ -128,13 +131,13 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
         }
         return JSONResponse(data)
 
-    @api.get("/alerts")
+    @api.api_route("/alerts", methods=["GET", "HEAD"])
     async def alerts() -> Response:
         if runtime.monitor is None:
             return _error(503, "not_ready", "the server is starting", 1)
         return JSONResponse(runtime.monitor.alerts())
 
-    @api.get("/metrics")
+    @api.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics() -> Response:
         if runtime.monitor is None:
             return _error(503, "not_ready", "the server is starting", 1)
@@ -149,17 +152,25 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
             and request.headers.get("x-api-key") != key
             and request.headers.get("authorization") != f"Bearer {key}"
         ):
-            return _error(401, "unauthorized", "send the API key as X-API-Key")
+            return _error(
+                401,
+                "unauthorized",
+                "missing or wrong API key; send it as 'X-API-Key: <key>' or "
+                "'Authorization: Bearer <key>'",
+            )
         try:
             versions = await runtime.reload()
         except ReloadRefused as exc:
+            log.warning("reload refused: %s", exc)
             return _error(409, "reload_refused", str(exc))
         return JSONResponse({"status": "reloaded", "versions": versions})
 
 
 async def _reload_logged(runtime: Runtime) -> None:
-    with contextlib.suppress(ReloadRefused):
+    try:
         await runtime.reload()
+    except ReloadRefused as exc:
+        log.warning("SIGHUP reload refused: %s", exc)
 
 
 class ServerApp:

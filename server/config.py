@@ -104,6 +104,12 @@ def _validate(c: ServerConfig) -> None:
         f"max_inflight_per_worker={c.max_inflight_per_worker} is below max_batch_size="
         f"{c.max_batch_size}; write at least the batch size",
     )
+    _check(
+        c.max_inflight_per_worker >= c.max_request_batch,
+        f"max_inflight_per_worker={c.max_inflight_per_worker} is below max_request_batch="
+        f"{c.max_request_batch}: a full batch request could never be admitted; write at least "
+        f"{c.max_request_batch} or lower --max-request-batch",
+    )
     _check(c.worker_threads >= 1, "worker_threads must be at least 1")
     _check(c.rate_limit_rps >= 0, "rate_limit_rps must be >= 0 (0 turns rate limiting off)")
     _check(c.rate_limit_burst >= 1, "rate_limit_burst must be at least 1")
@@ -220,8 +226,8 @@ def load_config(
             continue
         try:
             values[name] = _converter(name, default)(raw)
-        except ConfigError:
-            raise
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         except ValueError:
             hint = ", ".join(s.value for s in BalancerStrategy) if name == "balancer" else ""
             raise ConfigError(

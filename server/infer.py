@@ -98,7 +98,7 @@ class InferCore:
             client = head.api_key or head.client
             if not self.rate_limiter.allow(client):
                 raise RateLimited("request rate over this client's limit; slow down and retry")
-        if head.content_type[:16].lower() != b"application/json":
+        if head.content_type.split(b";", 1)[0].strip().lower() != b"application/json":
             raise UnsupportedMediaType(
                 "send the body as JSON with 'Content-Type: application/json'"
             )

@@ -25,18 +25,13 @@ def _load_json(body: bytes) -> object:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # Python's json writes NaN/Infinity literals; those are non-finite values (422),
-        # not a malformed body.
-        if b"NaN" in body or b"Infinity" in body:
-            try:
-                json.loads(body)
-            except ValueError:
-                pass
-            else:
-                raise InvalidObservation(
-                    "observation contains NaN or Infinity; send finite numbers only"
-                ) from None
-        raise BadRequest(f"body is not valid JSON: {exc}; send a JSON object") from None
+        # orjson refuses NaN/Infinity literals and numbers beyond float64 (1e400), which
+        # Python's json reads as non-finite floats: those bodies get the 422 for non-finite
+        # values, not a 400.
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadRequest(f"body is not valid JSON: {exc}; send a JSON object") from None
 
 
 def _strictly_numeric(value: object) -> bool:

@@ -86,6 +86,8 @@ def test_stuck_worker_times_out_with_504_and_is_replaced(artifacts_dir: Path) ->
         "0.5",
         "--max-inflight-per-worker",
         "32",
+        "--max-request-batch",
+        "32",
         "--no-inline-when-idle",
     ]
     with start_server(artifacts_dir, workers=1, args=args) as server:
@@ -186,8 +188,9 @@ def test_tampered_artifact_refused_at_start(artifacts_dir: Path, tmp_path: Path)
 
     selected = load_manifest(arts).models["strategic"].selected_variant.file
     (arts / selected).write_bytes(b"\0" + (arts / selected).read_bytes()[1:])
-    with pytest.raises(RuntimeError, match="sha256"), start_server(arts, workers=1):
+    with pytest.raises(RuntimeError, match="sha256") as refused, start_server(arts, workers=1):
         pass
+    assert "Traceback" not in str(refused.value), "a refusal is one clear line, not a traceback"
 
 
 def test_api_key_and_rate_limit(artifacts_dir: Path) -> None:

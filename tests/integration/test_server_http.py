@@ -135,6 +135,8 @@ def error_of(response: httpx.Response) -> dict:
         (b'{"model":"nope","observation":[[0]]}', "application/json", 404, "unknown_model"),
         (b'{"model":"tactical","observation":[[0]]}', "text/plain", 415, "unsupported_media_type"),
         (b"model=tactical", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (b'{"model":"tactical","observation":[[0]]}', "application/jsonx", 415,
+         "unsupported_media_type"),
         (b'{"model":"tactical"}', "application/json", 422, "invalid_observation"),
         (b'{"model":"tactical","observation":[[1,2]]}', "application/json", 422,
          "invalid_observation"),
@@ -168,6 +170,8 @@ def test_unknown_path_and_wrong_method_are_json_errors(server) -> None:
 
 def test_operations_endpoints(server, artifacts_dir) -> None:
     assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert httpx.head(f"{server.url}/healthz").status_code == 200  # load-balancer checks
+    assert httpx.head(f"{server.url}/readyz").status_code == 200
     ready = httpx.get(f"{server.url}/readyz")
     assert ready.status_code == 200 and set(ready.json()["models"]) == {"tactical", "strategic"}
     models = httpx.get(f"{server.url}/models").json()

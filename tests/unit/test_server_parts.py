@@ -170,11 +170,17 @@ def test_config_flags_override_environment() -> None:
         (["--max-queue-delay-us", "-1"], "write 0"),
         (["--agent-weights", "tactical=1,1"], "tactical=1,1,1"),
         (["--monitoring", "--workers", "two"], "is not valid for workers"),
+        (["--max-inflight-per-worker", "32", "--max-batch-size", "8"], "max_request_batch"),
     ],
 )
 def test_config_errors_say_what_to_write(argv: list[str], hint: str) -> None:
     with pytest.raises(ConfigError, match=hint):
         load_config(argv, {})
+
+
+def test_config_errors_name_the_environment_variable() -> None:
+    with pytest.raises(ConfigError, match="PIS_MONITORING"):
+        load_config([], {"PIS_MONITORING": "maybe"})
 
 
 def test_config_round_trips_to_workers_without_the_api_key() -> None:

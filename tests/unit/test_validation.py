@@ -66,7 +66,7 @@ def test_integers_are_numbers() -> None:
         (json.dumps({"model": "tactical", "observation": [[float("nan")] * 7] * 60}).encode(),
          InvalidObservation, "NaN"),
         (json.dumps({"model": "tactical", "observation": [[float("inf")] * 7] * 60}).encode(),
-         InvalidObservation, "NaN or Infinity"),
+         InvalidObservation, "NaN, Infinity"),
         (body(model="tactical", observations=[]), InvalidObservation, "non-empty"),
         (body(model="tactical", observations=[obs()] * 5), InvalidObservation, "at most 4"),
         (body(model="tactical", observation=obs(), observations=[obs()]), InvalidObservation,
@@ -78,3 +78,9 @@ def test_bad_bodies_get_clear_errors(raw: bytes, error: type, fragment: str) -> 
     with pytest.raises(error, match=fragment) as info:
         PARSER.parse(raw)
     assert "Traceback" not in info.value.message
+
+
+def test_numbers_beyond_float64_are_non_finite_not_bad_json() -> None:
+    raw = body(model="tactical", observation=[[1.5] * 7] * 60).replace(b"1.5", b"1e400", 1)
+    with pytest.raises(InvalidObservation, match="NaN, Infinity"):
+        PARSER.parse(raw)
