@@ -15,9 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from monitoring import PROMETHEUS_CONTENT_TYPE
 from server.config import ServerConfig
-from server.errors import NoHealthyWorker, error_body
-from server.infer import asgi_infer, send_error
+from server.errors import ApiError, NoHealthyWorker, error_body
+from server.infer import RequestHead, asgi_infer, send_error
 from server.pool import MODEL_NAMES
 from server.runtime import ReloadRefused, Runtime
 
@@ -27,6 +28,10 @@ log = logging.getLogger("server")
 def _error(status: int, code: str, message: str, retry_after: int | None = None) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after else None
     return Response(error_body(code, message), status, headers, media_type="application/json")
+
+
+def _starting() -> Response:
+    return _error(503, "not_ready", "the server is starting", 1)
 
 
 def _model_info(runtime: Runtime) -> dict[str, Any]:
@@ -118,7 +123,7 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
     @api.api_route("/stats", methods=["GET", "HEAD"])
     async def stats() -> Response:
         if runtime.monitor is None:
-            return _error(503, "not_ready", "the server is starting", 1)
+            return _starting()
         data = runtime.monitor.stats(runtime.workers())
         cache = runtime.cache
         data["cache"] = {
@@ -134,30 +139,24 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
     @api.api_route("/alerts", methods=["GET", "HEAD"])
     async def alerts() -> Response:
         if runtime.monitor is None:
-            return _error(503, "not_ready", "the server is starting", 1)
+            return _starting()
         return JSONResponse(runtime.monitor.alerts())
 
     @api.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics() -> Response:
         if runtime.monitor is None:
-            return _error(503, "not_ready", "the server is starting", 1)
+            return _starting()
         body = runtime.monitor.prometheus_text(runtime.workers())
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
 
     @api.post("/admin/reload")
     async def reload(request: Request) -> Response:
-        key = runtime.config.api_key
-        if (
-            key
-            and request.headers.get("x-api-key") != key
-            and request.headers.get("authorization") != f"Bearer {key}"
-        ):
-            return _error(
-                401,
-                "unauthorized",
-                "missing or wrong API key; send it as 'X-API-Key: <key>' or "
-                "'Authorization: Bearer <key>'",
-            )
+        if runtime.core is None:
+            return _starting()
+        try:
+            runtime.core.check_api_key(RequestHead(request.scope["headers"], None))
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message)
         try:
             versions = await runtime.reload()
         except ReloadRefused as exc:

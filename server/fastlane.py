@@ -9,6 +9,7 @@ inference core and writes the response bytes itself. Every other request, and an
 
 from __future__ import annotations
 
+import functools
 import time
 from http import HTTPStatus
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.errors import ApiError
-from server.infer import InferCore, RequestHead
+from server.infer import InferCore, RequestHead, Respond
 
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
@@ -125,11 +126,8 @@ class FastLaneProtocol(HttpToolsProtocol):
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         core.handle(self._head, body, respond)
 
-    def _responder(self, cycle: FastCycle):
-        def respond(status: int, body: bytes, retry_after: int | None) -> None:
-            self._write(cycle, status, body, retry_after)
-
-        return respond
+    def _responder(self, cycle: FastCycle) -> Respond:
+        return functools.partial(self._write, cycle)
 
     def _write(self, cycle: FastCycle, status: int, body: bytes, retry_after: int | None) -> None:
         cycle.response_complete = True

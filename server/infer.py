@@ -87,13 +87,16 @@ class InferCore:
 
     # ------------------------------------------------------------------ checks
 
-    def check_head(self, head: RequestHead) -> None:
-        """Everything decidable before the body arrives (so a 413 needs no body)."""
+    def check_api_key(self, head: RequestHead) -> None:
         if self.api_key is not None and head.api_key != self.api_key:
             raise Unauthorized(
                 "missing or wrong API key; send it as 'X-API-Key: <key>' or "
                 "'Authorization: Bearer <key>'"
             )
+
+    def check_head(self, head: RequestHead) -> None:
+        """Everything decidable before the body arrives (so a 413 needs no body)."""
+        self.check_api_key(head)
         if self.rate_limiter is not None:
             client = head.api_key or head.client
             if not self.rate_limiter.allow(client):
@@ -152,11 +155,10 @@ class InferCore:
         if fut is None:
             if alone and self.pool.idle():
                 result = self.pool.run_inline(parsed.model_idx, row)
-                self.cache.put((result[1], key[1]), result)
+                self.cache.put(key, result)
                 self._finish(parsed.model, result, False, start, parsed_at, looked_up, respond)
                 return
-            fut = self.batchers[parsed.model_idx].submit(row)
-            self.cache.track(key, fut)
+            fut = self._queue(parsed.model_idx, key, row)
         self.pending += 1
 
         def done(f: asyncio.Future) -> None:
@@ -168,6 +170,12 @@ class InferCore:
             self._finish(parsed.model, f.result(), False, start, parsed_at, looked_up, respond)
 
         fut.add_done_callback(done)
+
+    def _queue(self, model_idx: int, key: tuple, row: bytes) -> asyncio.Future:
+        """Hands ``row`` to its model's batcher; the cache learns the answer when it comes."""
+        fut = self.batchers[model_idx].submit(row)
+        self.cache.track(key, fut)
+        return fut
 
     def _finish(
         self,
@@ -204,7 +212,6 @@ class InferCore:
     def _batch(self, parsed: ParsedRequest, start: int, respond: Respond) -> None:
         parsed_at = time.perf_counter_ns()
         prefix = self.pool.prefixes[parsed.model_idx]
-        batcher = self.batchers[parsed.model_idx]
         cache = self.cache
         n = len(parsed.rows)
         results: list = [None] * n
@@ -217,10 +224,7 @@ class InferCore:
                 results[i] = hit
                 cached[i] = True
                 continue
-            fut = cache.joining(key)
-            if fut is None:
-                fut = batcher.submit(row)
-                cache.track(key, fut)
+            fut = cache.joining(key) or self._queue(parsed.model_idx, key, row)
             futures.append((i, fut))
         looked_up = time.perf_counter_ns()
         state = BatchAnswer(self, parsed.model, results, cached, start, parsed_at, looked_up)

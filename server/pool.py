@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 
 from models.spec import SPECS
+from monitoring import WorkerSnapshot
 from server import protocol
 from server.balancer import Balancer, make_balancer
 from server.config import ServerConfig
@@ -64,7 +65,6 @@ class Pending:
     frame: bytes
     futures: list[asyncio.Future]
     attempts: int = 0
-    worker: WorkerHandle | None = None
     timer: asyncio.TimerHandle | None = None
 
 
@@ -85,16 +85,6 @@ class WorkerHandle:
     @property
     def pid(self) -> int:
         return self.process.pid
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    slot: int
-    pid: int
-    state: str
-    in_flight: int
-    served: int
-    restarts: int
 
 
 # result of one row: (JSON fragment, response prefix naming model and version, inference ns)
@@ -138,10 +128,16 @@ class WorkerPool:
     # ---------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
-        self.active = await self._start_generation()
-        self.versions = dict(self.active[0].versions)
-        self.prefixes = self.active[0].prefixes
-        self.inline = await self._load_inline(self.versions)
+        await self._serve(await self._start_generation())
+
+    async def _serve(self, fresh: list[WorkerHandle]) -> None:
+        """Makes ``fresh`` the generation that serves, with the versions it loaded."""
+        versions = dict(fresh[0].versions)
+        inline = await self._load_inline(versions)
+        self.active = fresh
+        self.versions = versions
+        self.prefixes = fresh[0].prefixes
+        self.inline = inline
 
     async def _load_inline(self, versions: dict[str, str]) -> list | None:
         """The front's own copy of the models, for a lone request while every worker is idle:
@@ -225,10 +221,9 @@ class WorkerPool:
 
     def submit(self, model_idx: int, rows: int, payload: bytes, futures: list) -> None:
         """Sends one batch; each future gets its row's ``RowResult`` or an ``ApiError``."""
-        frame = protocol.REQUEST.pack(next(self._ids) & 0xFFFFFFFF, model_idx, rows) + payload
-        pending = Pending(frame=frame, req_id=0, model_idx=model_idx, rows=rows, futures=futures)
-        pending.req_id = protocol.REQUEST.unpack_from(frame)[0]
-        self._dispatch(pending, exclude=None)
+        req_id = next(self._ids) & 0xFFFFFFFF
+        frame = protocol.REQUEST.pack(req_id, model_idx, rows) + payload
+        self._dispatch(Pending(req_id, model_idx, rows, frame, futures), exclude=None)
 
     def idle(self) -> bool:
         """Every worker ready and without work: the inline lane may take a lone row. It is
@@ -271,7 +266,6 @@ class WorkerPool:
             worker.sock.send(pending.frame)
         except (BlockingIOError, OSError):
             return self._fail(pending, Overloaded("worker queue is full; retry shortly"))
-        pending.worker = worker
         worker.pending[pending.req_id] = pending
         worker.in_flight += pending.rows
         pending.timer = asyncio.get_running_loop().call_later(
@@ -439,13 +433,8 @@ class WorkerPool:
         all are warm, and drains the old ones. The old generation keeps serving if the new
         one fails to start."""
         async with self._reload_lock:
-            fresh = await self._start_generation()
             old = self.active
-            inline = await self._load_inline(dict(fresh[0].versions))
-            self.active = fresh
-            self.versions = dict(fresh[0].versions)
-            self.prefixes = fresh[0].prefixes
-            self.inline = inline
+            await self._serve(await self._start_generation())
             for w in old:
                 if w.state is WorkerState.READY:
                     w.state = WorkerState.DRAINING
@@ -461,11 +450,15 @@ class WorkerPool:
     def ready(self) -> bool:
         return any(w.state is WorkerState.READY for w in self.active)
 
-    def snapshot(self) -> list[WorkerInfo]:
+    def snapshot(self) -> list[WorkerSnapshot]:
         return [
-            WorkerInfo(w.slot, w.pid, w.state.value, w.in_flight, w.served, w.restarts)
+            WorkerSnapshot(
+                index=w.slot,
+                pid=w.pid,
+                state=w.state.value,
+                in_flight=w.in_flight,
+                served=w.served,
+                restarts=w.restarts,
+            )
             for w in self.active + self.draining
         ]
-
-    def queue_depth(self) -> int:
-        return sum(w.in_flight for w in self.active + self.draining)

@@ -134,19 +134,7 @@ class Runtime:
         return versions
 
     def workers(self) -> list[WorkerSnapshot]:
-        if self.pool is None:
-            return []
-        return [
-            WorkerSnapshot(
-                index=w.slot,
-                pid=w.pid,
-                state=w.state.value,
-                in_flight=w.in_flight,
-                served=w.served,
-                restarts=w.restarts,
-            )
-            for w in self.pool.active + self.pool.draining
-        ]
+        return [] if self.pool is None else self.pool.snapshot()
 
     def queue_depth(self) -> dict[str, int]:
         if self.core is None:

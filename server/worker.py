@@ -43,23 +43,21 @@ class ModelEndpoint:
         self.served = served
         self.rule = rule
         self.spec = rule.spec
-        self.shape = (self.spec.rows, self.spec.features)
-        self.agent_keys = self.spec.agents
-        self.action_names = ACTIONS
+        self.shape = self.spec.observation_shape
 
     def infer(self, payload: memoryview, rows: int) -> list[bytes]:
         obs = np.frombuffer(payload, dtype=np.float32).reshape(rows, *self.shape)
         probs, value = self.served.runner.run(obs)
         action, confidence = self.rule.decide(probs)
         out = []
-        agent_keys = self.agent_keys
+        agents = self.spec.agents
         for i in range(rows):
             row = probs[i]
             body = orjson.dumps(
                 {
-                    "action": self.action_names[action[i]],
+                    "action": ACTIONS[action[i]],
                     "confidence": confidence[i],
-                    "agents": {agent_keys[a]: row[a] for a in range(len(agent_keys))},
+                    "agents": {name: row[a] for a, name in enumerate(agents)},
                     "value": value[i, 0],
                 },
                 option=orjson.OPT_SERIALIZE_NUMPY,

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(artifacts_dir: Path):
-    with start_server(artifacts_dir, workers=2, args=["--max-body-bytes", "200000"]) as handle:
+    with start_server(
+        artifacts_dir, workers=2, args=["--max-body-bytes", "200000", "--max-request-batch", "16"]
+    ) as handle:
         yield handle
 
 
@@ -154,12 +156,11 @@ def test_error_rows_of_the_contract(server, content, content_type, status, code)
 
 
 def test_batch_too_large_is_422(server) -> None:
-    many = np.zeros((257, 60, 7)).tolist()
-    r = httpx.post(
-        f"{server.url}/infer", json={"model": "tactical", "observations": many}, timeout=30
-    )
-    # 257 x 60 x 7 zeros exceed this server's 200 kB body limit first: 413; both are refusals
-    assert r.status_code in (413, 422)
+    many = np.zeros((17, 60, 7)).tolist()
+    r = httpx.post(f"{server.url}/infer", json={"model": "tactical", "observations": many})
+    assert r.status_code == 422
+    assert error_of(r)["code"] == "invalid_observation"
+    assert "at most 16" in error_of(r)["message"]
 
 
 def test_unknown_path_and_wrong_method_are_json_errors(server) -> None:
