@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.spec import ACTIONS, ModelSpec
+from models.spec import ModelSpec
 
 
 class EnsembleRule:
@@ -38,11 +38,7 @@ class EnsembleRule:
 
     def decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``probs`` is (batch, agents, 3); returns (action index, confidence) per row."""
-        mean = np.einsum("a,bac->bc", self.weights, probs)
+        mean = self.weights @ probs  # (agents,) @ (batch, agents, 3) -> (batch, 3)
         action = mean.argmax(axis=1)
         confidence = mean[np.arange(mean.shape[0]), action]
         return action, confidence
-
-    @staticmethod
-    def action_name(index: int) -> str:
-        return ACTIONS[index]

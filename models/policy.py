@@ -150,8 +150,6 @@ def load_checkpoint(name: str, path: str | Path) -> PolicySystem:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         tensors = _read_tensors(path)
-    except CheckpointMismatch:
-        raise
     except Exception as exc:
         raise CheckpointMismatch(
             f"{path}: not a readable checkpoint (safetensors, or a torch state_dict saved "
