@@ -15,10 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from optimize.config import DEFAULT_TOL_FP32, DEFAULT_TOL_INT8, OptimizeConfig
+from optimize.config import DEFAULT_TOL_FP32, DEFAULT_TOL_INT8, KNOWN_MODELS, OptimizeConfig
 from optimize.manifest import MANIFEST_NAME, Manifest, Tolerance, VariantName
-
-KNOWN_MODELS = ("tactical", "strategic")
 
 
 def _variant_list(text: str) -> tuple[VariantName, ...]:
@@ -65,7 +63,7 @@ def _checkpoint(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def _positive_int(text: str) -> int:
+def _call_count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -75,8 +73,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _tolerance_text(tol: Tolerance) -> str:
+    return f"{tol.probs:g},{tol.value:g}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = "{:g},{:g}".format
     p = argparse.ArgumentParser(
         prog="python -m optimize",
         description="Build, verify and time each model's variants; select the fastest "
@@ -104,18 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_tolerance,
         default=DEFAULT_TOL_FP32,
         metavar="PROBS,VALUE",
-        help=f"max abs error for fp32 variants (default {fmt(*vars(DEFAULT_TOL_FP32).values())})",
+        help=f"max abs error for fp32 variants (default {_tolerance_text(DEFAULT_TOL_FP32)})",
     )
     p.add_argument(
         "--tol-int8",
         type=_tolerance,
         default=DEFAULT_TOL_INT8,
         metavar="PROBS,VALUE",
-        help=f"max abs error for int8 variants (default {fmt(*vars(DEFAULT_TOL_INT8).values())})",
+        help=f"max abs error for int8 variants (default {_tolerance_text(DEFAULT_TOL_INT8)})",
     )
     p.add_argument(
         "--calls",
-        type=_positive_int,
+        type=_call_count,
         default=OptimizeConfig.calls,
         help="timed batch-1 calls per variant (default %(default)s)",
     )

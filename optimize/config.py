@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from models.spec import SPECS
 from optimize.manifest import Tolerance, VariantName
 
 OnnxExporter = Literal["dynamo", "legacy"]
+
+KNOWN_MODELS: tuple[str, ...] = tuple(SPECS)
 
 # onnx_int8 is quantized from the onnx_fp32 graph, so asking for it builds that too.
 REQUIRES: dict[VariantName, VariantName] = {VariantName.ONNX_INT8: VariantName.ONNX_FP32}
@@ -27,7 +30,7 @@ DEFAULT_TOL_INT8 = Tolerance(probs=5e-2, value=0.15)
 @dataclass(frozen=True)
 class OptimizeConfig:
     out_dir: Path = Path("artifacts")
-    models: tuple[str, ...] = ("tactical", "strategic")
+    models: tuple[str, ...] = KNOWN_MODELS
     variants: tuple[VariantName, ...] = tuple(VariantName)
     checkpoints: dict[str, Path] = field(default_factory=dict)
     tolerance_fp32: Tolerance = DEFAULT_TOL_FP32

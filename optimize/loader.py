@@ -109,19 +109,30 @@ def _artifact_path(artifacts_dir: Path, record: VariantRecord, model: str) -> Pa
     return path
 
 
+def _unreadable(model: str, record: VariantRecord, path: Path, exc: OSError) -> str:
+    return f"{model}/{record.name}: cannot read {path}: {exc}"
+
+
+def _mismatch(model: str, record: VariantRecord, path: Path, actual: str) -> str:
+    return (
+        f"{model}/{record.name}: {path} has sha256 {actual}, but the manifest records "
+        f"{record.sha256}"
+    )
+
+
 def _read_verified(artifacts_dir: Path, record: VariantRecord, model: str) -> tuple[Path, bytes]:
     """The artifact's bytes, read once: the bytes hashed are the bytes loaded."""
     path = _artifact_path(artifacts_dir, record, model)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ArtifactIntegrityError(f"{model}/{record.name}: cannot read {path}: {exc}") from exc
+        raise ArtifactIntegrityError(_unreadable(model, record, path, exc)) from exc
     actual = sha256_bytes(data)
     if actual != record.sha256:
         raise ArtifactIntegrityError(
-            f"{model}/{record.name}: {path} has sha256 {actual}, but the manifest records "
-            f"{record.sha256}; the file was changed after `python -m optimize` wrote it, "
-            "refusing to load it (re-run the optimizer to rebuild the artifacts)"
+            f"{_mismatch(model, record, path, actual)}; the file was changed after "
+            "`python -m optimize` wrote it, refusing to load it (re-run the optimizer to "
+            "rebuild the artifacts)"
         )
     return path, data
 
@@ -200,13 +211,10 @@ def verify_artifacts(artifacts_dir: Path) -> Manifest:
         try:
             actual = sha256_file(path)
         except OSError as exc:
-            problems.append(f"{name}/{record.name}: cannot read {path}: {exc}")
+            problems.append(_unreadable(name, record, path, exc))
             continue
         if actual != record.sha256:
-            problems.append(
-                f"{name}/{record.name}: {path} has sha256 {actual}, manifest records "
-                f"{record.sha256}"
-            )
+            problems.append(_mismatch(name, record, path, actual))
     if problems:
         raise ArtifactIntegrityError(
             "artifacts do not match the manifest, refusing them: " + "; ".join(problems)

@@ -8,6 +8,7 @@ the offending path (``models.tactical.variants[2].sha256``) when something is wr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -223,13 +224,7 @@ def _encode(value: Any) -> Any:
     return value
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+_hints = functools.cache(typing.get_type_hints)
 
 
 def _fail(where: str, expected: str, value: Any) -> ManifestError:

@@ -28,8 +28,6 @@ class Measurement:
     latency_us: LatencyUs
     calls_per_s: float  # one thread, back to back: 1e6 / mean batch-1 latency in us
     per_sample_us_batch32: float  # median batch-32 call / 32
-    calls_batch1: int
-    calls_batch32: int
 
 
 def _time_calls(runner: Runner, x: np.ndarray, calls: int, clock: Clock) -> np.ndarray:
@@ -53,6 +51,8 @@ def time_interleaved(
 ) -> dict[str, np.ndarray]:
     """Per-call durations in ns for each runner, ``calls`` each, over ``rounds`` rounds."""
     names = list(runners)
+    if not names:  # every variant failed to build: nothing to time
+        return {}
     for name in names:
         for _ in range(warmup_calls):
             runners[name].run(x)
@@ -108,7 +108,5 @@ def measure(
             latency_us=latency_percentiles(single[name]),
             calls_per_s=round(1e6 / mean_us, 1),
             per_sample_us_batch32=round(float(np.median(batched[name])) / 1000.0 / len(batch32), 4),
-            calls_batch1=int(single[name].size),
-            calls_batch32=int(batched[name].size),
         )
     return results

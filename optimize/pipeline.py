@@ -65,11 +65,11 @@ def load_reference(name: str, checkpoint: Path | None) -> tuple[PolicySystem, Ch
         )
         return build_default(name), source
     reference = load_checkpoint(name, checkpoint)
-    digest = sha256_file(Path(checkpoint))
+    digest = sha256_file(checkpoint)
     source = CheckpointSource(
         kind=CheckpointKind.FILE,
         description=f"{checkpoint} (sha256 {digest})",
-        path=str(Path(checkpoint).resolve()),
+        path=str(checkpoint.resolve()),
         sha256=digest,
     )
     return reference, source
@@ -217,8 +217,8 @@ def optimize_model(name: str, config: OptimizeConfig, progress: Progress) -> Mod
 
     measured = measure(
         runners,
-        np.ascontiguousarray(inputs["normal_batch1"]),
-        np.ascontiguousarray(inputs["batch32"]),
+        inputs["normal_batch1"],  # verification_inputs are float32 and C-contiguous already
+        inputs["batch32"],
         calls=config.calls,
         calls_batch32=config.calls_batch32,
         warmup_calls=config.warmup_calls,

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from models import PolicySystem, save_checkpoint
-from models.policy import FusedPolicy
+from models import FusedPolicy, PolicySystem, save_checkpoint
 from optimize.config import OnnxExporter
 from optimize.manifest import Precision, Runtime, VariantName
 from optimize.runners import OBSERVATION_INPUT, OUTPUT_NAMES

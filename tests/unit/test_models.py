@@ -163,15 +163,11 @@ def test_unknown_model_names_the_known_ones() -> None:
         models.get_spec("tactic")
 
 
-def test_checkpoint_with_non_finite_weights_is_refused(tmp_path) -> None:
-    import torch
-
-    from models import CheckpointMismatch, build_default, load_checkpoint, save_checkpoint
-
-    model = build_default("tactical")
+def test_checkpoint_with_non_finite_weights_is_refused(tmp_path: Path) -> None:
+    model = models.build_default("tactical")
     with torch.no_grad():
         model.critic[0].weight[0, 0] = float("nan")
     path = tmp_path / "nan.safetensors"
-    save_checkpoint(model, path)
+    models.save_checkpoint(model, path)
     with pytest.raises(CheckpointMismatch, match="NaN or Infinity"):
-        load_checkpoint("tactical", path)
+        models.load_checkpoint("tactical", path)

@@ -78,6 +78,18 @@ def test_onnx_int8_fails_cleanly_when_its_source_failed(tmp_path: Path) -> None:
     assert record.selected == VariantName.EAGER_FP32
 
 
+def test_no_variant_built_means_no_selection(tmp_path: Path) -> None:
+    config = small_config(
+        tmp_path,
+        variants=(VariantName.EAGER_FP32,),
+        fail_variants=frozenset({VariantName.EAGER_FP32}),
+    )
+    record = run_optimizer(config).model("tactical")
+    assert record.selected is None
+    assert record.selection_reason.startswith("no variant built and within tolerance")
+    assert [f.variant for f in record.fallbacks] == ["eager_fp32"]
+
+
 def test_dynamo_export_failure_falls_back_to_the_legacy_exporter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,13 +77,18 @@ def failed_variant(name: VariantName) -> VariantRecord:
     )
 
 
-def sample_manifest() -> Manifest:
-    variants = [
+def sample_variants() -> list[VariantRecord]:
+    """Slow and fast within tolerance, faster still but beyond it, and one that failed."""
+    return [
         ok_variant(VariantName.EAGER_FP32, 50.0),
         ok_variant(VariantName.ONNX_FP32, 9.0),
         ok_variant(VariantName.ONNX_INT8, 7.0, within=False),
         failed_variant(VariantName.TORCHSCRIPT_INT8),
     ]
+
+
+def sample_manifest() -> Manifest:
+    variants = sample_variants()
     selected, reason = select_variant(variants)
     model = ModelRecord(
         name="tactical",
@@ -178,13 +183,7 @@ def test_unknown_model_and_variant_are_named() -> None:
 
 
 def test_selection_takes_lowest_p99_within_tolerance_and_says_why() -> None:
-    records = [
-        ok_variant(VariantName.EAGER_FP32, 50.0),
-        ok_variant(VariantName.ONNX_FP32, 9.0),
-        ok_variant(VariantName.ONNX_INT8, 7.0, within=False),
-        failed_variant(VariantName.TORCHSCRIPT_INT8),
-    ]
-    selected, reason = select_variant(records)
+    selected, reason = select_variant(sample_variants())
     assert selected == VariantName.ONNX_FP32
     assert reason.startswith("lowest batch-1 p99 (9.0 us) among 2 variants within tolerance")
     assert "onnx_int8 excluded: probs error 0.5 > 0.0001 (large_1e6)" in reason
@@ -226,6 +225,7 @@ def test_verify_records_largest_error_and_case() -> None:
     beyond = verify(FakeRunner(1e-3), inputs, expected, FP32)
     assert not beyond.within_tolerance
     assert beyond.detail.startswith("probs error 0.001 > 0.0001")
+    assert beyond.worst_case in inputs and beyond.detail.endswith(f"({beyond.worst_case})")
 
 
 def test_verify_rejects_wrong_shapes_and_non_finite_outputs() -> None:
@@ -289,6 +289,12 @@ def test_interleaved_timing_counts_every_call_and_rotates_order() -> None:
         pos += 2 * (20 + n)  # re-warm + timed calls of both runners in a round
         firsts.append(timed_log[pos])
     assert firsts == ["a", "b", "a", "b"]
+
+
+def test_nothing_to_time_when_every_variant_failed() -> None:
+    x = np.zeros((1, 2, 2), np.float32)
+    assert time_interleaved({}, x, calls=10, warmup_calls=1, rounds=2) == {}
+    assert measure({}, x, x, calls=10, calls_batch32=10, warmup_calls=1, rounds=2) == {}
 
 
 def test_percentiles_and_throughput_from_known_samples() -> None:
