@@ -72,8 +72,14 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
     manifest = load_manifest(config.artifacts_dir)
     endpoints = []
     for name in sorted(SPECS):
+        # warm_up() below exercises the whole path (runtime, ensemble, fragments), so the
+        # loader's own warm-up calls would only repeat part of it
         served = load_served(
-            config.artifacts_dir, name, threads=config.worker_threads, manifest=manifest
+            config.artifacts_dir,
+            name,
+            threads=config.worker_threads,
+            manifest=manifest,
+            warmup_calls=0,
         )
         rule = EnsembleRule(SPECS[name], config.weights_for(name))
         endpoints.append(ModelEndpoint(served, rule))
