@@ -56,11 +56,10 @@ class BodySet:
 
 
 def _render_suffix(observation: np.ndarray) -> bytes:
-    rows = [",".join(f"{v:.4f}" for v in row) for row in observation.tolist()]
-    first_rest = rows[0].split(",", 1)[1] if "," in rows[0] else ""
-    head = ("," + first_rest) if first_rest else ""
-    tail = "".join(f",[{r}]" for r in rows[1:])
-    return f"{head}]{tail}]}}".encode()
+    """The body after the first value: ``,v01,...],[v10,...],...]]}``."""
+    rows = [[f"{v:.4f}" for v in row] for row in observation.tolist()]
+    rows[0][0] = ""  # the sequence number takes the first value's place
+    return ("],[".join(",".join(row) for row in rows) + "]]}").encode()
 
 
 def make_bodies(model: str, mode: Mode, seed: int, templates: int | None = None) -> BodySet:

@@ -9,15 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.bodies import Mode, make_bodies
-from benchmarks.loadgen import Generator, LoadResult, run_load, run_python
+from benchmarks.loadgen import Generator, LoadResult, run_load, run_python, wrk_seconds
 from benchmarks.procs import ServerProcess, free_port, system_busy_seconds
-from benchmarks.targets import (
-    DEFAULT_READY_TIMEOUT_S,
-    READY_TIMEOUT_S,
-    LaunchOptions,
-    Target,
-    command,
-)
+from benchmarks.targets import LaunchOptions, Target, command
 
 MODEL = "tactical"  # the baselines serve this one; ours serves both
 MAX_DURATION_S = 600.0
@@ -93,7 +87,7 @@ def run_record(
 
 def _effective_duration(settings: HttpSettings) -> float:
     if settings.generator is Generator.WRK:
-        return float(max(1, int(settings.duration_s + 0.999)))  # wrk takes whole seconds
+        return float(wrk_seconds(settings.duration_s))
     return settings.duration_s
 
 
@@ -163,7 +157,7 @@ def run_target(
     server = ServerProcess(str(target), command(target, port, launch), port, log_path)
     records = []
     with server:
-        server.wait_ready(READY_TIMEOUT_S.get(target, DEFAULT_READY_TIMEOUT_S))
+        server.wait_ready(target.ready_timeout_s)
         for k, plan in enumerate(run_plans):
             log(
                 f"  {target} {plan.mode}@{plan.concurrency} for {settings.duration_s:g} s "

@@ -286,6 +286,11 @@ def wrk_errors(report: dict) -> dict[str, int]:
     return errors
 
 
+def wrk_seconds(duration_s: float) -> int:
+    """The whole seconds wrk runs for when asked for ``duration_s`` (it takes no fractions)."""
+    return max(1, int(duration_s + 0.999))
+
+
 def run_wrk(
     port: int,
     bodies: BodySet,
@@ -299,7 +304,7 @@ def run_wrk(
     if exe is None:
         raise RuntimeError("wrk is not on PATH")
     threads = max(1, min(threads, concurrency))
-    seconds = max(1, int(duration_s + 0.999))
+    seconds = wrk_seconds(duration_s)
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         script, data, out = Path(tmp, "bodies.lua"), Path(tmp, "bodies.txt"), Path(tmp, "out")
         script.write_text(WRK_SCRIPT)

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -33,26 +33,25 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, stat fields) of every process that still exists while /proc is read."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None:
+                yield int(entry), fields
+
+
 def _children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        if fields is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry))
+    for pid, fields in _processes():
+        children.setdefault(int(fields[1]), []).append(pid)
     return children
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes in process group ``pgid``."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(int(entry))
-            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
-                members.append(int(entry))
-    return members
+    return [pid for pid, fields in _processes() if fields[0] != "Z" and int(fields[2]) == pgid]
 
 
 def process_tree(root: int) -> list[int]:
@@ -166,12 +165,13 @@ class ServerProcess:
         deadline = time.monotonic() + grace_s
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=grace_s)
-        while group_members(self.proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self._wait_group_gone(deadline)
         self._kill_group(signal.SIGKILL)
         self.proc.wait(timeout=grace_s)
-        deadline = time.monotonic() + grace_s
-        while group_members(self.proc.pid) and time.monotonic() < deadline:
+        self._wait_group_gone(time.monotonic() + grace_s)
+
+    def _wait_group_gone(self, deadline: float) -> None:
+        while group_members(self.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def _kill_group(self, sig: int) -> None:

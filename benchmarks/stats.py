@@ -7,6 +7,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from benchmarks.targets import Target
+
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p99", 99.0), ("p99_9", 99.9))
 
 
@@ -88,12 +90,16 @@ def error_count(run: dict) -> int:
     return int(sum(run.get("errors", {}).values()))
 
 
+def _ours_and_floor(
+    runs: dict[RunKey, dict], mode: str, key: str
+) -> tuple[float | None, float | None]:
+    """Latency ``key`` of ours and of raw_floor, both at 1 client in ``mode``."""
+    return _p(runs.get(("ours", mode, 1)), key), _p(runs.get(("raw_floor", mode, 1)), key)
+
+
 def bar_single_client(runs: dict[RunKey, dict]) -> BarResult:
     name = "1 client cold: p99 < 500 us and <= 2x raw_floor p99"
-    ours, floor = (
-        _p(runs.get(("ours", "cold", 1)), "p99"),
-        _p(runs.get(("raw_floor", "cold", 1)), "p99"),
-    )
+    ours, floor = _ours_and_floor(runs, "cold", "p99")
     if ours is None or floor is None:
         return _missing(name, "ours cold@1", "raw_floor cold@1")
     met = ours < 500.0 and ours <= 2.0 * floor
@@ -138,10 +144,7 @@ def bar_sixty_four_clients(runs: dict[RunKey, dict]) -> BarResult:
 
 def bar_cache_hit(runs: dict[RunKey, dict]) -> BarResult:
     name = "cache warm: hit p50 <= raw_floor p50 + 50 us"
-    ours, floor = (
-        _p(runs.get(("ours", "warm", 1)), "p50"),
-        _p(runs.get(("raw_floor", "warm", 1)), "p50"),
-    )
+    ours, floor = _ours_and_floor(runs, "warm", "p50")
     if ours is None or floor is None:
         return _missing(name, "ours warm@1", "raw_floor warm@1")
     return BarResult(
@@ -187,7 +190,12 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 # --- ratios -------------------------------------------------------------------------------
 
-BASELINES: tuple[str, ...] = ("plain_fastapi", "tuned_ort", "raw_floor")
+BASELINES: tuple[str, ...] = tuple(t.value for t in Target if not t.is_ours)
+RATIO_METRICS: tuple[str, ...] = ("rps", *(name for name, _ in PERCENTILES))
+
+
+def _metric(run: dict, metric: str) -> float | None:
+    return _rps(run) if metric == "rps" else _p(run, metric)
 
 
 def compute_ratios(runs: Sequence[dict], subject: str = "ours") -> dict[str, float]:
@@ -203,11 +211,8 @@ def compute_ratios(runs: Sequence[dict], subject: str = "ours") -> dict[str, flo
             theirs = indexed.get((baseline, mode, conc))
             if theirs is None:
                 continue
-            pairs = {"rps": (_rps(mine), _rps(theirs))}
-            for key in ("p50", "p99", "p99_9"):
-                pairs[key] = (_p(mine, key), _p(theirs, key))
-            for metric, (a, b) in pairs.items():
-                value = ratio(a, b)
+            for metric in RATIO_METRICS:
+                value = ratio(_metric(mine, metric), _metric(theirs, metric))
                 if value is not None:
                     out[f"{metric}:{mode}@{conc}:{subject}/{baseline}"] = round(value, 4)
     return out

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.procs import LOOPBACK
+from benchmarks.procs import LOOPBACK, REPO_ROOT
 
 
 class Target(enum.StrEnum):
@@ -22,6 +22,11 @@ class Target(enum.StrEnum):
     def is_ours(self) -> bool:
         return self in (Target.OURS, Target.OURS_NO_MONITORING)
 
+    @property
+    def ready_timeout_s(self) -> float:
+        """Our server may build missing artifacts before it reports ready."""
+        return 240.0 if self.is_ours else 90.0
+
 
 @dataclass(frozen=True, slots=True)
 class LaunchOptions:
@@ -30,13 +35,8 @@ class LaunchOptions:
     cache_size: int | None = None  # None: the server's own default; 0 turns the cache off
 
 
-# Our server may build missing artifacts before it reports ready.
-READY_TIMEOUT_S = {Target.OURS: 240.0, Target.OURS_NO_MONITORING: 240.0}
-DEFAULT_READY_TIMEOUT_S = 90.0
-
-
 def server_available() -> bool:
-    return (Path(__file__).resolve().parent.parent / "server" / "__main__.py").is_file()
+    return (REPO_ROOT / "server" / "__main__.py").is_file()
 
 
 def command(target: Target, port: int, options: LaunchOptions) -> list[str]:

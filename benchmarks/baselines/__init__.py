@@ -7,7 +7,3 @@ with the contract's request and response (422 on a wrong shape; nothing else of 
 
 Each starts with ``python -m benchmarks.baselines.NAME --port P [--artifacts DIR]``.
 """
-
-from __future__ import annotations
-
-BASELINE_NAMES: tuple[str, ...] = ("plain_fastapi", "tuned_ort", "raw_floor")

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.procs import LOOPBACK
 from models import ACTIONS, SPECS
 from models.spec import ModelSpec
 
 MODEL = "tactical"
 SPEC: ModelSpec = SPECS[MODEL]
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 
 
 def parse_args(prog: str, argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -27,25 +27,20 @@ from benchmarks.baselines._common import (
     parse_args,
     version_of,
 )
+from optimize.loader import ManifestError, load_manifest
 
 MODEL_PATH_ENV = "BENCH_TUNED_ORT_MODEL"  # how main() hands the file to spawned workers
 WORKERS = 2
 
 
 def onnx_fp32_path(artifacts: Path) -> Path | None:
-    """The ``onnx_fp32`` variant of the tactical model in the optimizer's manifest."""
-    manifest = artifacts / "manifest.json"
-    if not manifest.is_file():
+    """The ``onnx_fp32`` variant of the tactical model in the optimizer's manifest, if built."""
+    try:
+        record = load_manifest(artifacts).model(MODEL).variant("onnx_fp32")
+    except ManifestError:
         return None
-    data = orjson.loads(manifest.read_bytes())
-    entry = data.get("models", {}).get(MODEL) if isinstance(data.get("models"), dict) else None
-    for variant in (entry or {}).get("variants", []):
-        if variant.get("name") == "onnx_fp32" and variant.get("file"):
-            path = Path(variant["file"])
-            path = path if path.is_absolute() else artifacts / path
-            if path.is_file():
-                return path
-    return None
+    path = artifacts / record.file if record.file else None
+    return path if path is not None and path.is_file() else None
 
 
 def export_own_onnx(directory: Path) -> Path:

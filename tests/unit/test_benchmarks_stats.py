@@ -107,6 +107,29 @@ def test_each_bar_fails_on_its_own_figure() -> None:
     assert [b.met for b in evaluate_bars(list(runs.values()))] == [False] * 5
 
 
+@pytest.mark.parametrize(
+    ("bar", "key", "field", "value"),
+    [
+        (0, ("ours", "cold", 1), ("latency_us", "p99"), 301),  # > 2 x raw_floor's 150
+        (1, ("plain_fastapi", "cold", 16), ("rps",), 901),  # ours' 9,000 < 10 x 901
+        (2, ("ours", "cold", 64), ("errors",), {"503": 1}),
+        (3, ("ours", "warm", 1), ("latency_us", "p50"), 131),  # > raw_floor 80 + 50
+        (4, ("ours_no_monitoring", "cold", 16), ("rps",), 9_000 / 0.94),  # on 6% below off
+    ],
+)
+def test_each_bar_fails_alone_when_only_its_figure_is_off(
+    bar: int, key: tuple[str, str, int], field: tuple[str, ...], value: object
+) -> None:
+    runs = {(r["target"], r["mode"], r["concurrency"]): r for r in meeting_runs()}
+    parent = runs[key]
+    for name in field[:-1]:
+        parent = parent[name]
+    parent[field[-1]] = value
+    expected = [True] * 5
+    expected[bar] = False
+    assert [b.met for b in evaluate_bars(list(runs.values()))] == expected
+
+
 def test_single_client_bar_has_an_absolute_limit_too() -> None:
     runs = meeting_runs()
     for r in runs:
