@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from monitoring.config import STAGES
+from monitoring.config import STAGES, WorkerSnapshot
 from monitoring.prom import TextBuilder
 
 if TYPE_CHECKING:
@@ -58,33 +59,32 @@ def render(monitor: Monitor, out: TextBuilder) -> bytes:
 
 
 def _alerts(monitor: Monitor, out: TextBuilder) -> None:
-    name = out.family("alert_firing", "gauge", "1 while the built-in alert is firing, else 0.")
-    states = monitor.alert_states()
-    for alert, state in sorted(states.items()):
-        out.sample(name, {"alert": alert}, int(state == "firing"))
-    name = out.family(
-        "alert_pending", "gauge", "1 while the built-in alert's condition holds, not yet for long."
-    )
-    for alert, state in sorted(states.items()):
-        out.sample(name, {"alert": alert}, int(state == "pending"))
+    states = sorted(monitor.alert_states().items())
+    for shown, help_text in (
+        ("firing", "1 while the built-in alert is firing, else 0."),
+        ("pending", "1 while the built-in alert's condition holds, not yet for long."),
+    ):
+        name = out.family(f"alert_{shown}", "gauge", help_text)
+        for alert, state in states:
+            out.sample(name, {"alert": alert}, int(state == shown))
 
 
 def _workers(monitor: Monitor, out: TextBuilder) -> None:
     workers = sorted(monitor.workers, key=lambda w: w.index)
-    up = out.family("worker_up", "gauge", "1 if the inference worker is ready, else 0.")
-    for worker in workers:
-        out.sample(up, {"worker": str(worker.index)}, int(worker.state == "ready"))
-    in_flight = out.family("worker_in_flight", "gauge", "Requests in flight on the worker.")
-    for worker in workers:
-        out.sample(in_flight, {"worker": str(worker.index)}, worker.in_flight)
-    served = out.family(
-        "worker_served_total", "counter", "Requests served by the worker slot, across restarts."
-    )
-    for worker in workers:
-        out.sample(served, {"worker": str(worker.index)}, monitor.served_total(worker.index))
-    restarts = out.family("worker_restarts_total", "counter", "Restarts of the worker slot.")
-    for worker in workers:
-        out.sample(restarts, {"worker": str(worker.index)}, worker.restarts)
+    per_worker: tuple[tuple[str, str, str, Callable[[WorkerSnapshot], int]], ...] = (
+        ("worker_up", "gauge", "1 if the inference worker is ready, else 0.",
+         lambda w: int(w.state == "ready")),
+        ("worker_in_flight", "gauge", "Requests in flight on the worker.",
+         lambda w: w.in_flight),
+        ("worker_served_total", "counter", "Requests served by the worker slot, across restarts.",
+         lambda w: monitor.served_total(w.index)),
+        ("worker_restarts_total", "counter", "Restarts of the worker slot.",
+         lambda w: w.restarts),
+    )  # fmt: skip
+    for family, kind, help_text, value in per_worker:
+        name = out.family(family, kind, help_text)
+        for worker in workers:
+            out.sample(name, {"worker": str(worker.index)}, value(worker))
     events = out.family(
         "worker_events_total", "counter", "Worker process events (started, died, restarted)."
     )

@@ -25,6 +25,8 @@ N_BUCKETS = (MAX_EXPONENT - MIN_EXPONENT + 1) * SUB_BUCKETS
 LAST_BUCKET = N_BUCKETS - 1
 
 QUANTILES: dict[str, float] = {"p50": 0.50, "p95": 0.95, "p99": 0.99, "p99_9": 0.999}
+#: Names the bucket layout in serialised histograms; ``from_dict`` refuses any other.
+SCHEME = f"loglinear-{SUB_BUCKETS}-{MIN_EXPONENT}-{MAX_EXPONENT}"
 
 
 def bucket_index(value_us: float) -> int:
@@ -58,21 +60,21 @@ def bucket_indices(values_us: np.ndarray) -> np.ndarray:
     return np.clip(index, 0, LAST_BUCKET)
 
 
+def bin_counts(values_us: np.ndarray) -> np.ndarray:
+    """The count vector (``N_BUCKETS`` int64) of a batch of values."""
+    return np.bincount(bucket_indices(values_us), minlength=N_BUCKETS)
+
+
 def quantile_from_counts(counts: np.ndarray, q: float) -> float | None:
     """Value at quantile ``q`` (0..1) of a count vector, as its bucket's midpoint; None if empty.
 
     The rank is the nearest-rank definition, ceil(q * n), clamped to [1, n].
     """
-    cumulative = np.cumsum(counts)
-    total = int(cumulative[-1]) if cumulative.size else 0
-    if total == 0:
-        return None
-    rank = min(max(math.ceil(q * total), 1), total)
-    index = int(np.searchsorted(cumulative, rank))
-    return float(BUCKET_MIDPOINTS[index])
+    return quantiles_from_counts(counts, (q,))[0]
 
 
 def quantiles_from_counts(counts: np.ndarray, qs: Iterable[float]) -> list[float | None]:
+    """``quantile_from_counts`` for several quantiles with one cumulative sum."""
     cumulative = np.cumsum(counts)
     total = int(cumulative[-1]) if cumulative.size else 0
     if total == 0:
@@ -112,8 +114,7 @@ class Histogram:
         values = np.asarray(values_us, dtype=np.float64).ravel()
         if values.size == 0:
             return
-        binned = np.bincount(bucket_indices(values), minlength=N_BUCKETS)
-        self._counts = (np.asarray(self._counts, dtype=np.int64) + binned).tolist()
+        self._counts = (self.counts() + bin_counts(values)).tolist()
         self.count += int(values.size)
         self.sum_us += float(values.sum())
         self.max_us = max(self.max_us, float(values.max()))
@@ -161,7 +162,7 @@ class Histogram:
         counts = self.counts()
         nonzero = np.flatnonzero(counts)
         return {
-            "scheme": f"loglinear-{SUB_BUCKETS}-{MIN_EXPONENT}-{MAX_EXPONENT}",
+            "scheme": SCHEME,
             "index": nonzero.tolist(),
             "count": counts[nonzero].tolist(),
             "total": self.count,
@@ -172,9 +173,8 @@ class Histogram:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Histogram:
-        expected = f"loglinear-{SUB_BUCKETS}-{MIN_EXPONENT}-{MAX_EXPONENT}"
-        if data.get("scheme") != expected:
-            raise ValueError(f"histogram scheme {data.get('scheme')!r} is not {expected!r}")
+        if data.get("scheme") != SCHEME:
+            raise ValueError(f"histogram scheme {data.get('scheme')!r} is not {SCHEME!r}")
         histogram = cls()
         counts = np.zeros(N_BUCKETS, dtype=np.int64)
         counts[np.asarray(data["index"], dtype=np.int64)] = data["count"]

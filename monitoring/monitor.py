@@ -13,6 +13,7 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from math import frexp
 from typing import Any, Literal
 
@@ -354,18 +355,19 @@ class Monitor:
         from monitoring.regress import compare_histograms, compare_to_quantiles
 
         settings = self.config.regression
+        limits: dict[str, Any] = {  # the same thresholds for both comparisons
+            "alpha": settings.alpha,
+            "min_effect": settings.min_effect,
+            "min_effect_tail": settings.min_effect_tail,
+            "min_samples": settings.min_samples,
+        }
         results: dict[str, dict[str, Any]] = {}
         for name, series in self._series.items():
             window = series.window(now - self.config.window_s, now, include_current=False)
             baseline = self.config.baseline_latency_us.get(name)
             if baseline:
                 verdict = compare_to_quantiles(
-                    baseline,
-                    window.segment("batch1_inference"),
-                    alpha=settings.alpha,
-                    min_effect=settings.min_effect,
-                    min_effect_tail=settings.min_effect_tail,
-                    min_samples=settings.min_samples,
+                    baseline, window.segment("batch1_inference"), **limits
                 )
                 results[f"{name}:optimizer"] = _verdict_entry(
                     verdict, "batch1_inference", alerting=settings.alert_on_optimizer_baseline
@@ -378,14 +380,7 @@ class Monitor:
                 ):
                     self._reference[name] = total.copy()
                 continue
-            verdict = compare_histograms(
-                reference,
-                total,
-                alpha=settings.alpha,
-                min_effect=settings.min_effect,
-                min_effect_tail=settings.min_effect_tail,
-                min_samples=settings.min_samples,
-            )
+            verdict = compare_histograms(reference, total, **limits)
             results[f"{name}:reference"] = _verdict_entry(verdict, "total", alerting=True)
         self._regression = {
             key: value for key, value in results.items() if value["n_new"] >= settings.min_samples
@@ -425,7 +420,7 @@ class Monitor:
             "worker_events": dict(self._worker_events),
             "histogram_us": coarse(overall_total.segment("total")),
             "timeline": list(self._timeline),
-            "alerts": {name: state for name, state in self._alerts.states().items()},
+            "alerts": self._alerts.states(),
             "regression": self._regression,
         }
 
@@ -436,12 +431,7 @@ class Monitor:
             batches = self._worker_batches.get(worker.pid, Counter())
             rows.append(
                 {
-                    "index": worker.index,
-                    "pid": worker.pid,
-                    "state": worker.state,
-                    "in_flight": worker.in_flight,
-                    "served": worker.served,
-                    "restarts": worker.restarts,
+                    **asdict(worker),
                     "batches": sum(batches.values()),
                     "observations": sum(size * n for size, n in batches.items()),
                     "batch_inference_us": _rounded(histogram.summary()) if histogram else None,
@@ -505,17 +495,7 @@ class Monitor:
             "interval_s": interval_s,
             "models": models,
             "queue_depth": dict(self._queue_depth),
-            "workers": [
-                {
-                    "index": w.index,
-                    "pid": w.pid,
-                    "state": w.state,
-                    "in_flight": w.in_flight,
-                    "served": w.served,
-                    "restarts": w.restarts,
-                }
-                for w in self._workers
-            ],
+            "workers": [asdict(worker) for worker in self._workers],
             "alerts": self._alerts.states(),
         }
 
@@ -548,7 +528,7 @@ class Monitor:
         return self._served_base.get(index, 0) + pid_served
 
     def alert_states(self) -> dict[str, str]:
-        return dict(self._alerts.states())
+        return self._alerts.states()  # a fresh dict already
 
     def uptime_s(self) -> float:
         return self._clock() - self._started

@@ -96,9 +96,10 @@ class TextBuilder:
         for bound in bounds:
             below = sum(n for value, n in observations.items() if value <= bound)
             self.sample(f"{name}_bucket", {**labels, "le": _number(bound)}, below)
-        self.sample(f"{name}_bucket", {**labels, "le": "+Inf"}, sum(observations.values()))
+        total = sum(observations.values())
+        self.sample(f"{name}_bucket", {**labels, "le": "+Inf"}, total)
         self.sample(f"{name}_sum", labels, sum(v * n for v, n in observations.items()))
-        self.sample(f"{name}_count", labels, sum(observations.values()))
+        self.sample(f"{name}_count", labels, total)
 
     def render(self) -> bytes:
         return ("\n".join(self._lines) + "\n").encode()

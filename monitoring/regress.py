@@ -32,12 +32,14 @@ import numpy as np
 import orjson
 from scipy import stats
 
-from monitoring.histogram import BUCKET_EDGES, BUCKET_MIDPOINTS, N_BUCKETS, bucket_indices
+from monitoring.config import RegressionConfig
+from monitoring.histogram import BUCKET_EDGES, BUCKET_MIDPOINTS, bin_counts
 
-DEFAULT_ALPHA = 0.01
-DEFAULT_MIN_EFFECT = 0.10
-DEFAULT_MIN_EFFECT_TAIL = 0.25
-DEFAULT_MIN_SAMPLES = 200
+# One set of defaults for the live detector and the CLI: the live one's.
+DEFAULT_ALPHA = RegressionConfig.alpha
+DEFAULT_MIN_EFFECT = RegressionConfig.min_effect
+DEFAULT_MIN_EFFECT_TAIL = RegressionConfig.min_effect_tail
+DEFAULT_MIN_SAMPLES = RegressionConfig.min_samples
 #: Without samples only percentiles can be compared; repeated runs of the same build on this
 #: 2-core machine differ by up to ~20% at p50 and more at p99, hence these tolerances.
 DEFAULT_TOLERANCE_P50 = 0.25
@@ -73,7 +75,7 @@ class _Samples:
         return int(self.n - np.searchsorted(self.values, threshold, side="right"))
 
     def counts(self) -> np.ndarray:
-        return np.bincount(bucket_indices(self.values), minlength=N_BUCKETS)
+        return bin_counts(self.values)
 
 
 class _Binned:
@@ -373,10 +375,7 @@ def false_alarm_rate(
     for _ in range(trials):
         base, new = (_draw(rng, distribution, samples) for _ in range(2))
         if binned:
-            verdict = compare_histograms(
-                np.bincount(bucket_indices(base), minlength=N_BUCKETS),
-                np.bincount(bucket_indices(new), minlength=N_BUCKETS),
-            )
+            verdict = compare_histograms(bin_counts(base), bin_counts(new))
         else:
             verdict = compare_samples(base, new)
         flagged += verdict.regression

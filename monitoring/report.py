@@ -194,21 +194,27 @@ def _times(rows: Iterable[dict[str, Any]]) -> list[datetime]:
     return [datetime.fromtimestamp(row["t"], tz=UTC) for row in rows]
 
 
-def chart_percentiles(ax: Any, data: ReportData) -> bool:
-    styles = {"p50": "-", "p95": "--", "p99": "-.", "p99_9": ":"}
+def _plot_timeline(ax: Any, data: ReportData, lines: Sequence[tuple[str, str, str]]) -> bool:
+    """One line per series and (row key, style, label suffix), skipping missing values;
+    False if nothing was drawn."""
     drawn = False
     for series, rows in sorted(data.timeline.items()):
-        for p, style in styles.items():
+        times = _times(rows)
+        for key, style, suffix in lines:
             points = [
-                (t, r[f"{p}_us"])
-                for t, r in zip(_times(rows), rows, strict=True)
-                if r.get(f"{p}_us") is not None
+                (t, r[key]) for t, r in zip(times, rows, strict=True) if r.get(key) is not None
             ]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, style, label=f"{series} {p.replace('_', '.')}")
+                ax.plot(xs, ys, style, label=f"{series} {suffix}")
                 drawn = True
-    if not drawn:
+    return drawn
+
+
+def chart_percentiles(ax: Any, data: ReportData) -> bool:
+    styles = {"p50": "-", "p95": "--", "p99": "-.", "p99_9": ":"}
+    lines = [(f"{p}_us", style, p.replace("_", ".")) for p, style in styles.items()]
+    if not _plot_timeline(ax, data, lines):
         _no_data(ax, "No data: no request was recorded in this period.")
         return False
     ax.set_yscale("log")
@@ -239,19 +245,7 @@ def chart_histogram(ax: Any, data: ReportData) -> bool:
 
 
 def _rate_chart(ax: Any, data: ReportData, keys: Sequence[str], title: str, unit: str) -> bool:
-    drawn = False
-    for series, rows in sorted(data.timeline.items()):
-        for key in keys:
-            points = [
-                (t, r[key])
-                for t, r in zip(_times(rows), rows, strict=True)
-                if r.get(key) is not None
-            ]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, label=f"{series} {key.replace('_', ' ')}")
-                drawn = True
-    if not drawn:
+    if not _plot_timeline(ax, data, [(key, "-", key.replace("_", " ")) for key in keys]):
         _no_data(ax, f"No data: {title.lower()} needs recorded requests.")
         return False
     ax.set_title(title)

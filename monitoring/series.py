@@ -112,13 +112,8 @@ class ModelSeries:
         self.cur = [0] * SLOTS
         maxes, self.cur_max = self.cur_max, [0.0] * N_SEGMENTS
         batches, self.cur_batches = self.cur_batches, {}
-        status_now = dict(self.status)
-        status_delta = {
-            code: n - self.status_at_rotation.get(code, 0)
-            for code, n in status_now.items()
-            if n != self.status_at_rotation.get(code, 0)
-        }
-        self.status_at_rotation = status_now
+        status_delta = self._status_since_rotation()
+        self.status_at_rotation = dict(self.status)
         index, count = sparse(counts)
         piece = Slice(start, end, index, count, maxes, status_delta, batches)
         self.ring.append(piece)
@@ -160,8 +155,14 @@ class ModelSeries:
     def _add_current(self, agg: Aggregate) -> None:
         agg.counts += np.array(self.cur, dtype=np.int64)
         agg.max_us = [max(a, b) for a, b in zip(agg.max_us, self.cur_max, strict=True)]
-        status_delta = {
-            code: n - self.status_at_rotation.get(code, 0) for code, n in self.status.items()
-        }
-        agg.status.update({code: n for code, n in status_delta.items() if n})
+        agg.status.update(self._status_since_rotation())
         agg.batches.update(self.cur_batches)
+
+    def _status_since_rotation(self) -> dict[int, int]:
+        """Answers per status in the slice being recorded (non-zero entries only)."""
+        before = self.status_at_rotation
+        return {
+            code: n - before.get(code, 0)
+            for code, n in self.status.items()
+            if n != before.get(code, 0)
+        }

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import shutil
 import subprocess
 import threading
 import time
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.support import ROOT, free_port, start_server
+from tests.tools import required_binary
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +27,7 @@ P99_QUERY = (
 
 
 def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        message = "prometheus not installed (apt-get install prometheus)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}: CI must run the real scrape test")
-        pytest.skip(message)
-    return path
+    return required_binary("prometheus", "CI must run the real scrape test")
 
 
 @contextlib.contextmanager

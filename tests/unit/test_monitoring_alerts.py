@@ -8,19 +8,9 @@ import pytest
 
 from monitoring import AlertRule, Monitor, MonitorConfig, WorkerSnapshot
 from monitoring.alerts import AlertManager
+from tests.fakes import FakeClock
 
 READY = [WorkerSnapshot(0, 11, "ready", 0, 0, 0)]
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_p99_alert_goes_pending_firing_resolved(caplog: pytest.LogCaptureFixture) -> None:

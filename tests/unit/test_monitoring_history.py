@@ -6,6 +6,7 @@ from pathlib import Path
 
 from monitoring import Monitor, MonitorConfig, WorkerSnapshot
 from monitoring.history import HistoryWriter, history_files, read_history
+from tests.fakes import FakeClock
 
 HOUR = 3600.0
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
@@ -39,16 +40,16 @@ def test_unwritable_directory_is_counted_not_raised(tmp_path: Path) -> None:
 
 
 def test_monitor_writes_snapshots_that_survive_a_restart(tmp_path: Path) -> None:
-    clock = [T0]
+    clock = FakeClock(T0)
     workers = [WorkerSnapshot(0, 5, "ready", 0, 0, 0)]
 
     def run(seconds: int) -> None:
         config = MonitorConfig(history_dir=tmp_path, history_interval_s=10.0)
-        monitor = Monitor(config, clock=lambda: clock[0], wall_clock=lambda: clock[0])
+        monitor = Monitor(config, clock=clock, wall_clock=clock)
         for _ in range(seconds):
             for i in range(20):
                 monitor.record_request("tactical", 200, 100.0 + i, 5, 1, 10, 50, i == 0)
-            clock[0] += 1.0
+            clock.advance(1.0)
             monitor.tick(workers, {"tactical": 1})
 
     run(30)

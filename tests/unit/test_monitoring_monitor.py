@@ -8,18 +8,7 @@ import numpy as np
 import pytest
 
 from monitoring import STAGES, Monitor, MonitorConfig, WorkerSnapshot, dumps
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
+from tests.fakes import FakeClock
 
 WORKERS = [
     WorkerSnapshot(index=0, pid=101, state="ready", in_flight=2, served=10, restarts=0),

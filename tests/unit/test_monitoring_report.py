@@ -8,6 +8,7 @@ import orjson
 
 from monitoring import AlertRule, Monitor, MonitorConfig, WorkerSnapshot
 from monitoring.report import main
+from tests.fakes import FakeClock
 
 PNGS = (
     "latency_percentiles.png",
@@ -41,7 +42,7 @@ def _manifest(path: Path) -> Path:
 
 
 def _history(directory: Path) -> None:
-    clock = [1_700_000_000.0]
+    clock = FakeClock(1_700_000_000.0)
     rule = AlertRule(
         name="slow",
         kind="latency_quantile_above",
@@ -51,7 +52,7 @@ def _history(directory: Path) -> None:
         min_requests=5,
     )
     config = MonitorConfig(history_dir=directory, history_interval_s=5.0, alert_rules=(rule,))
-    monitor = Monitor(config, clock=lambda: clock[0], wall_clock=lambda: clock[0])
+    monitor = Monitor(config, clock=clock, wall_clock=clock)
     workers = [WorkerSnapshot(0, 5, "ready", 0, 0, 0)]
     for second in range(120):
         slow = 40 <= second < 70
@@ -59,7 +60,7 @@ def _history(directory: Path) -> None:
             total = 600.0 + i if slow else 100.0 + i
             status = 503 if i == 0 and second % 3 == 0 else 200
             monitor.record_request("tactical", status, total, 5, 1, 10, 50, i % 2 == 0)
-        clock[0] += 1.0
+        clock.advance(1.0)
         monitor.tick(workers, {})
 
 

@@ -14,20 +14,13 @@ from server.batching import Batcher
 from server.cache import ResponseCache, observation_digest
 from server.config import BalancerStrategy, ConfigError, ServerConfig, load_config
 from server.ratelimit import RateLimiter
+from tests.fakes import FakeClock
 
 
 @dataclass(eq=False)
 class FakeWorker:
     name: str
     in_flight: int = 0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_round_robin_cycles_over_eligible_workers() -> None:
