@@ -45,6 +45,7 @@ class ServerConfig:
     worker_threads: int = 1
     inline_when_idle: bool = True
     fast_lane: bool = True
+    busy_poll_us: int = 200
     warmup_calls: int = 200
     worker_start_timeout_s: float = 60.0
     shutdown_grace_s: float = 10.0
@@ -109,6 +110,10 @@ def _validate(c: ServerConfig) -> None:
         f"max_inflight_per_worker={c.max_inflight_per_worker} is below max_request_batch="
         f"{c.max_request_batch}: a full batch request could never be admitted; write at least "
         f"{c.max_request_batch} or lower --max-request-batch",
+    )
+    _check(
+        0 <= c.busy_poll_us <= 100_000,
+        f"busy_poll_us={c.busy_poll_us}; write 0 (sleep at once) up to 100000",
     )
     _check(c.worker_threads >= 1, "worker_threads must be at least 1")
     _check(c.rate_limit_rps >= 0, "rate_limit_rps must be >= 0 (0 turns rate limiting off)")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from server.batching import Batcher
+from server.busypoll import BusyPoll
 from server.cache import ResponseCache, observation_digest
 from server.config import ServerConfig
 from server.errors import (
@@ -84,6 +85,9 @@ class InferCore:
         self.accepting = True
         self.pending = 0
         self._last_done_ns = 0
+        self.busy_poll = BusyPoll(
+            asyncio.get_running_loop(), config.busy_poll_us, lambda: self.pending != 0
+        )
 
     # ------------------------------------------------------------------ checks
 
@@ -119,6 +123,7 @@ class InferCore:
     def fail(self, error: ApiError, start: int, model: str, respond: Respond) -> None:
         now = time.perf_counter_ns()
         self._last_done_ns = now
+        self.busy_poll.arm()
         self.monitor.record_request(
             model, error.status, (now - start) / _NS_PER_US, 0, 0, 0, 0, False
         )
@@ -198,6 +203,7 @@ class InferCore:
         start, parsed_at, looked_up, done = marks
         end = time.perf_counter_ns()
         self._last_done_ns = end
+        self.busy_poll.arm()
         self.monitor.record_request(
             model,
             200,

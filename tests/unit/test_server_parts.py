@@ -11,6 +11,7 @@ import pytest
 
 from server.balancer import LeastLoaded, PowerOfTwo, RoundRobin, make_balancer
 from server.batching import Batcher
+from server.busypoll import BusyPoll
 from server.cache import ResponseCache, observation_digest
 from server.config import BalancerStrategy, ConfigError, ServerConfig, load_config
 from server.ratelimit import RateLimiter
@@ -92,6 +93,46 @@ def test_batcher_waits_up_to_the_queue_delay() -> None:
     asyncio.run(scenario())
 
 
+def test_busy_poll_keeps_the_loop_turning_until_its_window_ends() -> None:
+    async def scenario() -> None:
+        clock = FakeClock(start=0)
+        poll = BusyPoll(asyncio.get_running_loop(), 200, lambda: False, clock=clock)
+        poll.arm()
+        for _ in range(5):
+            await asyncio.sleep(0)
+            assert poll.polling
+        clock.advance(150_000)
+        poll.arm()  # a second answer pushes the end of the window out again
+        clock.advance(150_000)
+        await asyncio.sleep(0)
+        assert poll.polling
+        clock.advance(60_000)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not poll.polling
+
+    asyncio.run(scenario())
+
+
+def test_busy_poll_stops_while_workers_have_work_and_is_off_at_zero() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        busy = [False]
+        poll = BusyPoll(loop, 10_000_000, lambda: busy[0], clock=FakeClock(start=0))
+        poll.arm()
+        await asyncio.sleep(0)
+        assert poll.polling
+        busy[0] = True
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not poll.polling
+        off = BusyPoll(loop, 0, lambda: False, clock=FakeClock(start=0))
+        off.arm()
+        assert not off.polling
+
+    asyncio.run(scenario())
+
+
 def test_cache_ttl_lru_and_version_isolation() -> None:
     clock = FakeClock()
     cache = ResponseCache(maxsize=2, ttl_s=10, clock=clock)
@@ -164,6 +205,7 @@ def test_config_flags_override_environment() -> None:
         (["--agent-weights", "tactical=1,1"], "tactical=1,1,1"),
         (["--monitoring", "--workers", "two"], "is not valid for workers"),
         (["--max-inflight-per-worker", "32", "--max-batch-size", "8"], "max_request_batch"),
+        (["--busy-poll-us", "-5"], "write 0"),
     ],
 )
 def test_config_errors_say_what_to_write(argv: list[str], hint: str) -> None:

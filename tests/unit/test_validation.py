@@ -57,6 +57,14 @@ def test_integers_are_numbers() -> None:
         (body(model="tactical", observation=obs(48, 13)), InvalidObservation, "60 x 7"),
         (body(model="tactical", observation=[[1.0] * 7] * 59 + [[1.0] * 6]), InvalidObservation,
          "rectangular"),
+        (body(model="tactical", observation=[[1.0] * 7] * 58 + [[1.0] * 6, [1.0] * 8]),
+         InvalidObservation, "rectangular"),
+        (body(model="tactical", observation=[[[1.0]] * 7] * 60), InvalidObservation, "60 x 7"),
+        (body(model="tactical", observation=[{str(i): 1.0 for i in range(7)}] * 60),
+         InvalidObservation, "numbers"),
+        (body(model="tactical", observation=["1234567"] * 60), InvalidObservation, "numbers"),
+        (body(model="tactical", observations=[obs(), obs(59)]), InvalidObservation,
+         "rectangular"),
         (body(model="tactical", observation=[["1.0"] * 7] * 60), InvalidObservation, "numbers"),
         (body(model="tactical", observation=[[True] + [1.0] * 6] * 60), InvalidObservation,
          "numbers"),
@@ -84,3 +92,30 @@ def test_numbers_beyond_float64_are_non_finite_not_bad_json() -> None:
     raw = body(model="tactical", observation=[[1.5] * 7] * 60).replace(b"1.5", b"1e400", 1)
     with pytest.raises(InvalidObservation, match="NaN, Infinity"):
         PARSER.parse(raw)
+
+
+def _slow(doc: dict) -> bytes:
+    """The same document through the numpy path: a "u" anywhere in the body sends it there."""
+    return orjson.dumps({**doc, "route": "numpy"})
+
+
+@pytest.mark.parametrize("scale", [1e-45, 1e-38, 1e-3, 1.0, 1e6, 1e30, 1e38])
+def test_fast_and_numpy_paths_give_the_same_float32_bytes(scale: float) -> None:
+    rng = np.random.default_rng(3)
+    matrix = (rng.standard_normal((60, 7)) * scale).tolist()
+    matrix[0][:3] = [-0.0, 3, -(2**24) - 1]  # negative zero and integers take both paths too
+    doc = {"model": "tactical", "observation": matrix}
+    fast = PARSER.parse(orjson.dumps(doc)).rows
+    assert fast == PARSER.parse(_slow(doc)).rows
+    assert fast == [np.asarray(matrix, dtype=np.float64).astype(np.float32).tobytes()]
+
+
+def test_fast_and_numpy_paths_agree_on_batches() -> None:
+    doc = {"model": "strategic", "observations": [obs(48, 13), [[7] * 13] * 48]}
+    assert PARSER.parse(orjson.dumps(doc)).rows == PARSER.parse(_slow(doc)).rows
+
+
+def test_a_value_just_beyond_float32_is_refused_on_the_fast_path_too() -> None:
+    matrix = [[1.0] * 7] * 59 + [[1.0] * 6 + [3.5e38]]
+    with pytest.raises(InvalidObservation, match="float32"):
+        PARSER.parse(body(model="tactical", observation=matrix))
