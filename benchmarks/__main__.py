@@ -165,13 +165,17 @@ def _launch(args: argparse.Namespace) -> LaunchOptions:
 def _print_runs(document: dict) -> None:
     if document["runs"]:
         print(text_table(RUN_COLUMNS, run_rows(document["runs"])))
+    if document.get("pairs"):
+        print("\nmonitoring on/off, interleaved pairs (both servers up, order reversed each pair):")
+        print(text_table(RUN_COLUMNS, run_rows(document["pairs"])))
     if document["inprocess"]:
         print()
         print(text_table(INPROCESS_COLUMNS, inprocess_rows(document["inprocess"])))
 
 
 def _print_noise(document: dict) -> None:
-    noise = noise_text(document["runs"], document["machine"]["cores"] or 1)
+    runs = document["runs"] + document.get("pairs", [])
+    noise = noise_text(runs, document["machine"]["cores"] or 1)
     if noise:
         print(noise)
 
@@ -225,7 +229,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print("\nratios (ours / baseline; rps above 1 and latency below 1 favour ours):")
     print(ratios_text(document["ratios"]) or "  none (ours did not run)")
     print("\nbars:")
-    print(bars_text(evaluate_bars(document["runs"])))
+    print(bars_text(evaluate_bars(document["runs"], document["pairs"])))
     _print_noise(document)
     print(f"\nwrote {write_document(document, args.out, 'compare')}")
     return 1 if document.get("failures") else 0
@@ -233,16 +237,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     document = orjson.loads(args.file.read_bytes())
+    runs, pairs = document.get("runs", []), document.get("pairs", [])
     if args.markdown:
-        runs = [r for r in document.get("runs", []) if r]
-        print(markdown_table(RUN_COLUMNS, run_rows(runs)))
+        print(markdown_table(RUN_COLUMNS, run_rows(runs + pairs)))
         print()
-        for bar in evaluate_bars(runs):
+        for bar in evaluate_bars(runs, pairs):
             print(f"- **{bar.verdict}**: {bar.name} ({bar.detail})")
         return 0
     _print_runs(document)
     print("\nbars:")
-    print(bars_text(evaluate_bars(document.get("runs", []))))
+    print(bars_text(evaluate_bars(runs, pairs)))
     _print_noise(document)
     return 0
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -164,4 +165,36 @@ def run_target(
                 f"({settings.generator}) ..."
             )
             records.append(measure_quietly(server, target, plan, settings, seed * 1000 + k, log))
+    return records
+
+
+def run_interleaved(
+    targets: Sequence[Target],
+    plan: RunPlan,
+    rounds: int,
+    settings: HttpSettings,
+    launch: LaunchOptions,
+    seed: int = 7,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Every target up at once, then ``plan`` measured on each in turn, ``rounds`` times,
+    the order reversed every other round (A B, B A, A B): drift on a shared machine then
+    falls on both sides alike. Each record carries its ``pair`` (round) number."""
+    records = []
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for target in targets:
+            port = free_port()
+            log_path = settings.logs_dir / f"{target}.pairs.log"
+            server = ServerProcess(str(target), command(target, port, launch), port, log_path)
+            servers[target] = stack.enter_context(server)
+        for target, server in servers.items():
+            server.wait_ready(target.ready_timeout_s)
+        for k in range(rounds):
+            order = list(targets) if k % 2 == 0 else list(reversed(targets))
+            for target in order:
+                log(f"  pair {k + 1}/{rounds}: {target} {plan.mode}@{plan.concurrency} ...")
+                record = measure_quietly(servers[target], target, plan, settings, seed + k, log)
+                record["pair"] = k
+                records.append(record)
     return records

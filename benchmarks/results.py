@@ -106,8 +106,9 @@ def git_commit() -> str:
 
 
 def new_document(wrk: str | None = None) -> dict:
-    """The envelope monitoring.regress and monitoring.report read; callers fill ``runs``,
-    ``inprocess`` and ``ratios``."""
+    """The envelope monitoring.regress and monitoring.report read; callers fill ``runs``
+    (one per target, mode and concurrency), ``pairs`` (interleaved runs, each with its
+    ``pair`` number), ``inprocess`` and ``ratios``."""
     return {
         "kind": "benchmark",
         "machine": machine_info(),
@@ -115,6 +116,7 @@ def new_document(wrk: str | None = None) -> dict:
         "git_commit": git_commit(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "runs": [],
+        "pairs": [],
         "inprocess": [],
         "ratios": {},
     }

@@ -36,9 +36,10 @@ def run_rows(runs: Sequence[dict]) -> list[list[str]]:
     for r in runs:
         lat, cpu = r["latency_us"], r["cpu"]
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items() if v) or "0"
+        pair = r.get("pair")
         rows.append(
             [
-                r["target"],
+                r["target"] if pair is None else f"{r['target']} (pair {pair + 1})",
                 r["mode"],
                 str(r["concurrency"]),
                 r["generator"],

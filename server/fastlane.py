@@ -75,7 +75,7 @@ class FastLaneProtocol(HttpToolsProtocol):
             if self._draining and self.cycle is not None:
                 self.cycle.keep_alive = False
             return
-        self._head = head = RequestHead(self.headers, self.client[0] if self.client else "?")
+        self._head = head = RequestHead(self.headers, self.client)
         self._early_error = None
         try:
             core.check_head(head)

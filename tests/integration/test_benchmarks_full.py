@@ -23,9 +23,11 @@ def test_compare_runs_every_target_within_five_minutes(artifacts_dir: Path, tmp_
     assert done.returncode == 0, done.stdout + done.stderr
     doc = orjson.loads(out.read_bytes())
     targets = {run["target"] for run in doc["runs"]}
-    assert targets == {"ours", "ours_no_monitoring", "plain_fastapi", "tuned_ort", "raw_floor"}
+    assert targets == {"ours", "plain_fastapi", "tuned_ort", "raw_floor"}
+    pairs = sorted((run["pair"], run["target"]) for run in doc["pairs"])
+    assert pairs == [(k, t) for k in range(3) for t in ("ours", "ours_no_monitoring")]
     assert len(doc["bars"]) == 5 and all(bar["met"] is not None for bar in doc["bars"])
     assert doc["inprocess"] and doc["ratios"]
-    for run in doc["runs"]:
+    for run in doc["runs"] + doc["pairs"]:
         if run["target"] != "plain_fastapi":  # the naive baseline may time out at 64
             assert not run["errors"], run

@@ -17,7 +17,7 @@ import torch
 
 import models
 from benchmarks.bodies import Mode, make_bodies
-from benchmarks.httpbench import HttpSettings, RunPlan, measure
+from benchmarks.httpbench import HttpSettings, RunPlan, measure, run_interleaved
 from benchmarks.loadgen import Generator, run_python, wrk_path
 from benchmarks.procs import ServerProcess, free_port, process_tree
 from benchmarks.targets import LaunchOptions, Target, command
@@ -145,3 +145,21 @@ def test_our_server_under_both_generators_modes(artifacts_dir: Path, tmp_path: P
                 record = measure(server, Target.OURS, RunPlan(mode, 4), settings, seed=10 + k)
                 check_record(record, str(generator))
         server.proc = None  # start_server stops it and checks its workers
+
+
+def test_interleaved_pairs_alternate_the_order_and_number_the_rounds(
+    artifacts_dir: Path, tmp_path: Path
+) -> None:
+    settings = HttpSettings(duration_s=0.3, generator=Generator.PYTHON, logs_dir=tmp_path,
+                            warmup_s=0.1)  # fmt: skip
+    launch = LaunchOptions(artifacts=artifacts_dir, workers=1)
+    targets = (Target.OURS, Target.OURS_NO_MONITORING)
+    logged: list[str] = []
+    records = run_interleaved(targets, RunPlan(Mode.COLD, 2), 3, settings, launch,
+                              log=logged.append)  # fmt: skip
+    order = [(r["pair"], r["target"]) for r in records]
+    assert order == [(0, "ours"), (0, "ours_no_monitoring"), (1, "ours_no_monitoring"),
+                     (1, "ours"), (2, "ours"), (2, "ours_no_monitoring")]  # fmt: skip
+    for record in records:
+        check_record(record, "python")
+    assert len(logged) == 6 and "pair 3/3" in logged[-1]

@@ -130,6 +130,24 @@ def test_each_bar_fails_alone_when_only_its_figure_is_off(
     assert [b.met for b in evaluate_bars(list(runs.values()))] == expected
 
 
+def _pairs(on_off: list[tuple[float, float]]) -> list[dict]:
+    out = []
+    for k, (on, off) in enumerate(on_off):
+        out.append({**run("ours", "cold", 16, on, 1_500, 3_000), "pair": k})
+        out.append({**run("ours_no_monitoring", "cold", 16, off, 1_500, 3_000), "pair": k})
+    return out
+
+
+def test_monitoring_bar_takes_the_median_pair_ratio_over_the_single_runs() -> None:
+    runs = meeting_runs()  # its single runs alone meet the bar (-2.2%)
+    # one drifted pair (-20%) does not decide; the median pair is 8% below
+    bar = evaluate_bars(runs, _pairs([(9_200, 10_000), (8_000, 10_000), (9_600, 10_400)]))[4]
+    assert bar.met is False
+    assert "median of 3 interleaved pairs" in bar.detail and "-8.0%" in bar.detail
+    bar = evaluate_bars(runs, _pairs([(9_900, 10_000), (8_000, 10_000), (10_300, 10_200)]))[4]
+    assert bar.met is True and "-1.0%" in bar.detail
+
+
 def test_single_client_bar_has_an_absolute_limit_too() -> None:
     runs = meeting_runs()
     for r in runs:
