@@ -1,15 +1,19 @@
 """The response cache: TTL + LRU over per-row results, plus in-flight de-duplication.
 
-Keys are (response prefix, digest of the observation's float32 bytes). The prefix names
-the model and the served version, so a reload never serves an old version's entry, and
-``0.1`` and ``0.10`` (the same float32) share one entry.
+A key is the response prefix followed by a digest of the observation's float32 bytes, as
+one ``bytes``. The prefix names the model and the served version, so a reload never serves
+an old version's entry, and ``0.1`` and ``0.10`` (the same float32) share one entry.
 
-Why not ``cachetools.TTLCache``: it keeps a linked-list node object per entry, and the
-cyclic garbage collector walks all of them on every full collection. With 100,000 entries
-those pauses held the server for 100+ ms (measured: p99 138 ms instead of 1.4 ms at 16
-clients, cache-cold). Here an entry is an ``OrderedDict`` slot holding tuples of bytes,
-ints and floats, which the collector stops tracking after one pass: the same TTL and LRU
-semantics with nothing for the collector to walk.
+Everything the cache keeps is ``bytes`` or ``float``, objects the cyclic garbage collector
+does not track. Two measured failures led here:
+
+- ``cachetools.TTLCache`` keeps a linked-list node object per entry, and every full
+  collection walked all of them: p99 138 ms instead of 1.4 ms at 16 clients, cache-cold.
+- Entries as tuples (tracked until a collection looks at them) starve the collector once
+  the cache is full: CPython counts a freed object against new allocations, so each
+  eviction cancelled an insertion, no young collection ran, and 300,000 new tuples piled
+  up in the young generation until one collection walked them all in 100 ms (p99.9 64 to
+  80 ms at 16 clients after 20 s of load).
 """
 
 from __future__ import annotations
@@ -20,53 +24,59 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
-CacheKey = tuple[bytes, bytes]
+CacheKey = bytes
+DIGEST_BYTES = 16
 
 
 def observation_digest(row: bytes) -> bytes:
-    return hashlib.blake2b(row, digest_size=16).digest()
+    return hashlib.blake2b(row, digest_size=DIGEST_BYTES).digest()
+
+
+def cache_key(prefix: bytes, row: bytes) -> CacheKey:
+    return prefix + observation_digest(row)
 
 
 class TtlLru:
     """At most ``maxsize`` entries; an entry expires ``ttl_s`` after it was stored; when
     full, the least recently used entry goes first."""
 
-    __slots__ = ("_clock", "_data", "maxsize", "ttl_s")
+    __slots__ = ("_clock", "_data", "_expires", "maxsize", "ttl_s")
 
     def __init__(self, maxsize: int, ttl_s: float, clock: Callable[[], float]) -> None:
         self.maxsize = maxsize
         self.ttl_s = ttl_s
         self._clock = clock
-        self._data: OrderedDict = OrderedDict()
+        self._data: OrderedDict[bytes, bytes] = OrderedDict()  # in LRU order
+        self._expires: dict[bytes, float] = {}
 
-    def get(self, key: CacheKey) -> Any | None:
-        entry = self._data.get(key)
-        if entry is None:
+    def get(self, key: CacheKey) -> bytes | None:
+        value = self._data.get(key)
+        if value is None:
             return None
-        if entry[0] <= self._clock():
-            del self._data[key]
+        if self._expires[key] <= self._clock():
+            del self._data[key], self._expires[key]
             return None
         self._data.move_to_end(key)
-        return entry[1]
+        return value
 
-    def __setitem__(self, key: CacheKey, value: Any) -> None:
+    def __setitem__(self, key: CacheKey, value: bytes) -> None:
         data = self._data
-        data[key] = (self._clock() + self.ttl_s, value)
+        data[key] = value
         data.move_to_end(key)
+        self._expires[key] = self._clock() + self.ttl_s
         if len(data) > self.maxsize:
-            data.popitem(last=False)
+            del self._expires[data.popitem(last=False)[0]]
 
     def expire(self, budget: int = 1_000) -> int:
         """Drops expired entries from the least recently used end (a few per call, so a
         1 s ticker keeps memory tidy without a pause)."""
         now = self._clock()
-        data = self._data
+        data, expires = self._data, self._expires
         dropped = 0
         for key in list(itertools.islice(data, budget)):
-            if data[key][0] <= now:
-                del data[key]
+            if expires[key] <= now:
+                del data[key], expires[key]
                 dropped += 1
         return dropped
 
@@ -85,7 +95,8 @@ class ResponseCache:
         self.misses = 0
         self.coalesced = 0
 
-    def get(self, key: CacheKey) -> Any | None:
+    def get(self, key: CacheKey) -> bytes | None:
+        """The row's JSON fragment, if cached."""
         store = self._store
         if store is None:
             return None
@@ -96,9 +107,9 @@ class ResponseCache:
             self.hits += 1
         return value
 
-    def put(self, key: CacheKey, value: Any) -> None:
+    def put(self, key: CacheKey, fragment: bytes) -> None:
         if self._store is not None:
-            self._store[key] = value
+            self._store[key] = fragment
 
     def joining(self, key: CacheKey) -> asyncio.Future | None:
         """The future of an identical request already being computed, if any."""
@@ -113,13 +124,13 @@ class ResponseCache:
         if self._store is None:
             return
         self._in_flight[key] = fut
-        digest = key[1]
+        digest = key[-DIGEST_BYTES:]
 
         def done(f: asyncio.Future) -> None:
             self._in_flight.pop(key, None)
             if not f.cancelled() and f.exception() is None:
-                result = f.result()
-                self._store[(result[1], digest)] = result  # type: ignore[index]
+                fragment, prefix, _ = f.result()
+                self._store[prefix + digest] = fragment  # type: ignore[index]
 
         fut.add_done_callback(done)
 

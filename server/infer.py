@@ -15,7 +15,7 @@ from typing import Any
 
 from server.batching import Batcher
 from server.busypoll import BusyPoll
-from server.cache import ResponseCache, observation_digest
+from server.cache import ResponseCache, cache_key
 from server.config import ServerConfig
 from server.errors import (
     ApiError,
@@ -166,17 +166,18 @@ class InferCore:
     def _single(self, parsed: ParsedRequest, start: int, alone: bool, respond: Respond) -> None:
         parsed_at = time.perf_counter_ns()
         row = parsed.rows[0]
-        key = (self.pool.prefixes[parsed.model_idx], observation_digest(row))
+        prefix = self.pool.prefixes[parsed.model_idx]
+        key = cache_key(prefix, row)
         hit = self.cache.get(key)
         if hit is not None:
-            self._finish(parsed.model, hit, True, start, parsed_at, parsed_at, respond)
+            self._finish(parsed.model, (hit, prefix, 0), True, start, parsed_at, parsed_at, respond)
             return
         looked_up = time.perf_counter_ns()
         fut = self.cache.joining(key)
         if fut is None:
             if alone and self.pool.idle():
                 result = self.pool.run_inline(parsed.model_idx, row)
-                self.cache.put(key, result)
+                self.cache.put(key, result[0])
                 self._finish(parsed.model, result, False, start, parsed_at, looked_up, respond)
                 return
             fut = self._queue(parsed.model_idx, key, row)
@@ -192,7 +193,7 @@ class InferCore:
 
         fut.add_done_callback(done)
 
-    def _queue(self, model_idx: int, key: tuple, row: bytes) -> asyncio.Future:
+    def _queue(self, model_idx: int, key: bytes, row: bytes) -> asyncio.Future:
         """Hands ``row`` to its model's batcher; the cache learns the answer when it comes."""
         fut = self.batchers[model_idx].submit(row)
         self.cache.track(key, fut)
@@ -240,10 +241,10 @@ class InferCore:
         cached = [False] * n
         futures: list[tuple[int, asyncio.Future]] = []
         for i, row in enumerate(parsed.rows):
-            key = (prefix, observation_digest(row))
+            key = cache_key(prefix, row)
             hit = cache.get(key)
             if hit is not None:
-                results[i] = hit
+                results[i] = (hit, prefix, 0)
                 cached[i] = True
                 continue
             fut = cache.joining(key) or self._queue(parsed.model_idx, key, row)

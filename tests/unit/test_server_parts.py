@@ -12,7 +12,7 @@ import pytest
 from server.balancer import LeastLoaded, PowerOfTwo, RoundRobin, make_balancer
 from server.batching import Batcher
 from server.busypoll import BusyPoll
-from server.cache import ResponseCache, observation_digest
+from server.cache import ResponseCache, cache_key, observation_digest
 from server.config import BalancerStrategy, ConfigError, ServerConfig, load_config
 from server.ratelimit import RateLimiter
 from tests.fakes import FakeClock
@@ -137,18 +137,38 @@ def test_cache_ttl_lru_and_version_isolation() -> None:
     clock = FakeClock()
     cache = ResponseCache(maxsize=2, ttl_s=10, clock=clock)
     row = np.full((60, 7), 0.1, dtype=np.float32).tobytes()
-    key_v1 = (b"v1", observation_digest(row))
-    key_v2 = (b"v2", observation_digest(row))
+    key_v1, key_v2 = cache_key(b"v1", row), cache_key(b"v2", row)
     assert cache.get(key_v1) is None
-    cache.put(key_v1, ("frag", b"v1", 0))
-    assert cache.get(key_v1) == ("frag", b"v1", 0)
+    cache.put(key_v1, b"frag")
+    assert cache.get(key_v1) == b"frag"
     assert cache.get(key_v2) is None, "a new version must not see the old entry"
     clock.now += 11
     assert cache.get(key_v1) is None, "expired after the TTL"
-    for i in range(3):
-        cache.put((b"v1", bytes([i])), i)
+    keys = [cache_key(b"v1", bytes([i])) for i in range(3)]
+    cache.put(keys[0], b"0")
+    cache.put(keys[1], b"1")
+    assert cache.get(keys[0]) == b"0"  # now the most recently used
+    cache.put(keys[2], b"2")
     assert len(cache) == 2, "LRU bound"
-    assert (cache.hits, cache.misses) == (1, 3)
+    assert cache.get(keys[1]) is None, "the least recently used entry went first"
+    assert cache.get(keys[0]) == b"0" and cache.get(keys[2]) == b"2"
+    assert (cache.hits, cache.misses) == (4, 4)
+    clock.now += 11
+    assert cache.expire() == 2 and len(cache) == 0
+
+
+def test_cache_holds_nothing_the_garbage_collector_tracks() -> None:
+    # Tracked entries starved CPython's young collection once the cache was full (see
+    # server/cache.py): a 100 ms pause after 20 s of load.
+    import gc
+
+    cache = ResponseCache(maxsize=1000, ttl_s=10)
+    for i in range(2000):
+        cache.put(cache_key(b"v", i.to_bytes(4, "little")), b"fragment")
+    store = cache._store
+    assert store is not None
+    held = [*store._data.keys(), *store._data.values(), *store._expires.values()]
+    assert not any(gc.is_tracked(obj) for obj in held)
 
 
 def test_cache_digest_is_of_float32_bytes() -> None:
@@ -160,14 +180,15 @@ def test_cache_digest_is_of_float32_bytes() -> None:
 def test_cache_coalesces_in_flight_and_stores_under_computing_version() -> None:
     async def scenario() -> None:
         cache = ResponseCache(maxsize=10, ttl_s=10)
-        key = (b"v1", b"digest")
+        digest = b"d" * 16
+        key = b"v1" + digest
         fut = asyncio.get_running_loop().create_future()
         cache.track(key, fut)
         assert cache.joining(key) is fut
         fut.set_result((b"frag", b"v2", 5))  # computed by a newer version after a reload
         await asyncio.sleep(0)
         assert cache.joining(key) is None
-        assert cache.get((b"v2", b"digest")) == (b"frag", b"v2", 5)
+        assert cache.get(b"v2" + digest) == b"frag"
         assert cache.get(key) is None
 
     asyncio.run(scenario())
@@ -175,8 +196,8 @@ def test_cache_coalesces_in_flight_and_stores_under_computing_version() -> None:
 
 def test_cache_turned_off() -> None:
     cache = ResponseCache(maxsize=0, ttl_s=10)
-    cache.put((b"v", b"d"), 1)
-    assert not cache.enabled and cache.get((b"v", b"d")) is None
+    cache.put(b"key", b"fragment")
+    assert not cache.enabled and cache.get(b"key") is None
 
 
 def test_rate_limiter_token_bucket_with_fake_clock() -> None:
