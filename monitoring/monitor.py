@@ -35,6 +35,7 @@ from monitoring.history import HistoryWriter
 from monitoring.prom import TextBuilder
 from monitoring.series import (
     CACHED_SLOT,
+    MAX_PENDING_ROWS,
     MAX_TRACKED_BATCH,
     OFFSET,
     SEGMENTS,
@@ -53,6 +54,7 @@ _OFF_PARSE, _OFF_CACHE, _OFF_QUEUE, _OFF_INFER, _OFF_TOTAL, _OFF_BATCH1 = (
     OFFSET[name] for name in SEGMENTS
 )
 _STATUS_ERROR_MIN = 500
+_MAX_PENDING_VALUES = MAX_PENDING_ROWS * len(STAGES)
 WorkerEvent = Literal["started", "died", "restarted"]
 
 
@@ -124,7 +126,7 @@ class Monitor:
 
     # ------------------------------------------------------------------ hot path
 
-    def record_request(  # noqa: C901 - inlined on purpose: a helper call per stage costs ~60 ns
+    def record_request(
         self,
         model: str,
         status: int,
@@ -140,62 +142,18 @@ class Monitor:
         series = self._series.get(model)
         if series is None:
             series = self._series_for(model)
-        counts = series.cur
-        maxes = series.cur_max
         status_counts = series.status
         status_counts[status] = status_counts.get(status, 0) + 1
         if cached:
-            counts[CACHED_SLOT] += 1
-        # bucket index = exponent * 128 + int(mantissa * 256): see monitoring.histogram
-        mantissa, exponent = frexp(total_us)
-        index = exponent * 128 + int(mantissa * 256)
-        if index < 0:
-            index = 0
-        elif index > LAST_BUCKET:
-            index = LAST_BUCKET
-        counts[_OFF_TOTAL + index] += 1
-        if total_us > maxes[4]:
-            maxes[4] = total_us
-        if parse_us > 0.0:
-            mantissa, exponent = frexp(parse_us)
-            index = exponent * 128 + int(mantissa * 256)
-            if index < 0:
-                index = 0
-            elif index > LAST_BUCKET:
-                index = LAST_BUCKET
-            counts[_OFF_PARSE + index] += 1
-            if parse_us > maxes[0]:
-                maxes[0] = parse_us
-        if cache_us > 0.0:
-            mantissa, exponent = frexp(cache_us)
-            index = exponent * 128 + int(mantissa * 256)
-            if index < 0:
-                index = 0
-            elif index > LAST_BUCKET:
-                index = LAST_BUCKET
-            counts[_OFF_CACHE + index] += 1
-            if cache_us > maxes[1]:
-                maxes[1] = cache_us
-        if queue_us > 0.0:
-            mantissa, exponent = frexp(queue_us)
-            index = exponent * 128 + int(mantissa * 256)
-            if index < 0:
-                index = 0
-            elif index > LAST_BUCKET:
-                index = LAST_BUCKET
-            counts[_OFF_QUEUE + index] += 1
-            if queue_us > maxes[2]:
-                maxes[2] = queue_us
-        if inference_us > 0.0:
-            mantissa, exponent = frexp(inference_us)
-            index = exponent * 128 + int(mantissa * 256)
-            if index < 0:
-                index = 0
-            elif index > LAST_BUCKET:
-                index = LAST_BUCKET
-            counts[_OFF_INFER + index] += 1
-            if inference_us > maxes[3]:
-                maxes[3] = inference_us
+            series.cur[CACHED_SLOT] += 1
+        pending = series.pending
+        pending.append(parse_us)
+        pending.append(cache_us)
+        pending.append(queue_us)
+        pending.append(inference_us)
+        pending.append(total_us)
+        if len(pending) > _MAX_PENDING_VALUES:
+            series.flush()
 
     def record_batch(self, model: str, size: int, inference_us: float, worker_pid: int) -> None:
         """One batch call answered by a worker, with the inference time the worker measured."""

@@ -8,13 +8,14 @@ one counter of requests answered from the cache.
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from monitoring.config import STAGES
-from monitoring.histogram import MIN_EXPONENT, N_BUCKETS, SUB_BUCKETS, sparse
+from monitoring.histogram import LAST_BUCKET, MIN_EXPONENT, N_BUCKETS, SUB_BUCKETS, sparse
 
 # The hot path computes a bucket index as ``exponent * 128 + int(mantissa * 256)``.
 assert MIN_EXPONENT == -1 and SUB_BUCKETS == 128, "update Monitor.record_* with the scheme"
@@ -24,6 +25,10 @@ N_SEGMENTS = len(SEGMENTS)
 OFFSET: dict[str, int] = {name: i * N_BUCKETS for i, name in enumerate(SEGMENTS)}
 CACHED_SLOT = N_SEGMENTS * N_BUCKETS
 SLOTS = CACHED_SLOT + 1
+N_STAGES = len(STAGES)
+# Stage times waiting to be bucketed: a flush at the latest every this many requests, so
+# the buffer stays bounded (640 KiB) even if no tick comes.
+MAX_PENDING_ROWS = 16_384
 MAX_TRACKED_BATCH = 1024  # larger batch sizes count as this one (bounds the dict)
 _NO_INDEX = np.zeros(0, dtype=np.int32)
 _NO_COUNT = np.zeros(0, dtype=np.int64)
@@ -80,6 +85,7 @@ class ModelSeries:
         "cur_batches",
         "cur_max",
         "name",
+        "pending",
         "ring",
         "since_start",
         "since_start_max",
@@ -95,6 +101,10 @@ class ModelSeries:
         self.cur: list[int] = [0] * SLOTS
         self.cur_max: list[float] = [0.0] * N_SEGMENTS
         self.cur_batches: dict[int, int] = {}
+        # One row of STAGES times per request, appended on the hot path (~0.2 us) and
+        # bucketed in bulk with numpy by flush(): bucketing each request's five times in
+        # Python cost ~1 us, 7.6% of the throughput at 16 clients.
+        self.pending = array("d")
         self.status: dict[int, int] = {}  # cumulative answers per status (the hot path's)
         self.status_at_rotation: dict[int, int] = {}
         self.ring: deque[Slice] = deque(maxlen=max_slices)
@@ -102,8 +112,32 @@ class ModelSeries:
         self.since_start_max: list[float] = [0.0] * N_SEGMENTS
         self.total_batches: Counter[int] = Counter()
 
+    def flush(self) -> None:
+        """Buckets the pending stage times into the current slice. A stage time of 0 means
+        the stage did not run and is not counted; the total always is."""
+        if not self.pending:
+            return
+        rows = np.frombuffer(self.pending, dtype=np.float64).reshape(-1, N_STAGES)
+        cur, maxes = self.cur, self.cur_max
+        for stage in range(N_STAGES):
+            values = rows[:, stage]
+            if SEGMENTS[stage] != "total":
+                values = values[values > 0.0]
+                if not values.size:
+                    continue
+            mantissa, exponent = np.frexp(values)
+            index = np.clip(exponent * 128 + (mantissa * 256).astype(np.int64), 0, LAST_BUCKET)
+            counts = np.bincount(index, minlength=N_BUCKETS)
+            (where,) = counts.nonzero()
+            offset = stage * N_BUCKETS
+            for i, n in zip((where + offset).tolist(), counts[where].tolist(), strict=True):
+                cur[i] += n
+            maxes[stage] = max(maxes[stage], float(values.max()))
+        self.pending = array("d")
+
     def rotate(self, start: float, end: float) -> Slice:
         """Close the current slice: store it sparsely in the ring, fold it into the totals."""
+        self.flush()
         if not self.cur_batches and self.status == self.status_at_rotation:
             idle = Slice(start, end, _NO_INDEX, _NO_COUNT, [0.0] * N_SEGMENTS, {}, {})
             self.ring.append(idle)  # nothing recorded: skip converting the count list
@@ -153,6 +187,7 @@ class ModelSeries:
         return agg
 
     def _add_current(self, agg: Aggregate) -> None:
+        self.flush()
         agg.counts += np.array(self.cur, dtype=np.int64)
         agg.max_us = [max(a, b) for a, b in zip(agg.max_us, self.cur_max, strict=True)]
         agg.status.update(self._status_since_rotation())

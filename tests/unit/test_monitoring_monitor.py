@@ -173,3 +173,30 @@ def test_ring_of_slices_is_bounded_whatever_the_tick_rate() -> None:
     series = next(s for s in monitor.series() if s.name == "tactical")
     assert len(series.ring) <= 7
     assert len(monitor.stats()["timeline"]) <= 8
+
+
+def test_bulk_bucketing_counts_what_one_at_a_time_bucketing_would() -> None:
+    from math import frexp
+
+    from monitoring.histogram import LAST_BUCKET, N_BUCKETS
+    from monitoring.series import CACHED_SLOT, SLOTS
+
+    monitor, _ = make(models=("tactical",))
+    rng = np.random.default_rng(5)
+    rows = rng.lognormal(np.log(50.0), 2.0, (5000, 5))
+    rows[rng.random((5000, 5)) < 0.3] = 0.0  # stages that did not run
+    rows[:3, 4] = [0.0, 1e-9, 1e12]  # a total of 0 still counts; extremes clamp
+    expected = [0] * SLOTS
+    for k, (parse, cache, queue, inference, total) in enumerate(rows.tolist()):
+        monitor.record_request("tactical", 200, total, parse, cache, queue, inference, k % 2 == 0)
+        for stage, value in enumerate((parse, cache, queue, inference, total)):
+            if value > 0.0 or stage == 4:
+                mantissa, exponent = frexp(value)
+                index = min(max(exponent * 128 + int(mantissa * 256), 0), LAST_BUCKET)
+                expected[stage * N_BUCKETS + index] += 1
+    series = next(s for s in monitor.series() if s.name == "tactical")
+    series.flush()
+    expected[CACHED_SLOT] = 2500
+    assert series.cur == expected
+    assert series.cur_max[:5] == [float(rows[:, stage].max()) for stage in range(5)]
+    assert len(series.pending) == 0
