@@ -162,4 +162,5 @@ def test_interleaved_pairs_alternate_the_order_and_number_the_rounds(
                      (1, "ours"), (2, "ours"), (2, "ours_no_monitoring")]  # fmt: skip
     for record in records:
         check_record(record, "python")
-    assert len(logged) == 6 and "pair 3/3" in logged[-1]
+    announced = [line for line in logged if "pair " in line]  # noisy runs add a retry line
+    assert len(announced) == 6 and "pair 3/3" in announced[-1]
