@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.bodies import Mode, make_bodies
 from benchmarks.loadgen import Generator, LoadResult, run_load, run_python, wrk_seconds
-from benchmarks.procs import ServerProcess, free_port, system_busy_seconds
-from benchmarks.targets import LaunchOptions, Target, command
+from benchmarks.procs import ServerProcess, system_busy_seconds
+from benchmarks.targets import LaunchOptions, Target, server_process
 
 MODEL = "tactical"  # the baselines serve this one; ours serves both
 MAX_DURATION_S = 600.0
@@ -144,6 +144,24 @@ def measure_quietly(
     return min(attempts, key=lambda r: r["cpu"].get("other_s") or 0.0)
 
 
+@contextlib.contextmanager
+def running(
+    targets: Sequence[Target], settings: HttpSettings, launch: LaunchOptions, log_suffix: str = ""
+) -> Iterator[dict[Target, ServerProcess]]:
+    """Every target started before any is waited for (their start-ups overlap), each ready on
+    return, all stopped on exit; each logs to ``<logs_dir>/<target><log_suffix>.log``."""
+    with contextlib.ExitStack() as stack:
+        servers = {
+            target: stack.enter_context(
+                server_process(target, launch, settings.logs_dir / f"{target}{log_suffix}.log")
+            )
+            for target in targets
+        }
+        for target, server in servers.items():
+            server.wait_ready(target.ready_timeout_s)
+        yield servers
+
+
 def run_target(
     target: Target,
     run_plans: Sequence[RunPlan],
@@ -153,18 +171,16 @@ def run_target(
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Starts ``target``, measures every plan in order, stops it; returns the run records."""
-    port = free_port()
-    log_path = settings.logs_dir / f"{target}.log"
-    server = ServerProcess(str(target), command(target, port, launch), port, log_path)
     records = []
-    with server:
-        server.wait_ready(target.ready_timeout_s)
+    with running((target,), settings, launch) as servers:
         for k, plan in enumerate(run_plans):
             log(
                 f"  {target} {plan.mode}@{plan.concurrency} for {settings.duration_s:g} s "
                 f"({settings.generator}) ..."
             )
-            records.append(measure_quietly(server, target, plan, settings, seed * 1000 + k, log))
+            records.append(
+                measure_quietly(servers[target], target, plan, settings, seed * 1000 + k, log)
+            )
     return records
 
 
@@ -181,17 +197,9 @@ def run_interleaved(
     the order reversed every other round (A B, B A, A B): drift on a shared machine then
     falls on both sides alike. Each record carries its ``pair`` (round) number."""
     records = []
-    with contextlib.ExitStack() as stack:
-        servers = {}
-        for target in targets:
-            port = free_port()
-            log_path = settings.logs_dir / f"{target}.pairs.log"
-            server = ServerProcess(str(target), command(target, port, launch), port, log_path)
-            servers[target] = stack.enter_context(server)
-        for target, server in servers.items():
-            server.wait_ready(target.ready_timeout_s)
+    with running(targets, settings, launch, log_suffix=".pairs") as servers:
         for k in range(rounds):
-            order = list(targets) if k % 2 == 0 else list(reversed(targets))
+            order = targets if k % 2 == 0 else reversed(targets)
             for target in order:
                 log(f"  pair {k + 1}/{rounds}: {target} {plan.mode}@{plan.concurrency} ...")
                 record = measure_quietly(servers[target], target, plan, settings, seed + k, log)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import os
 import platform
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from benchmarks.procs import REPO_ROOT
+from optimize.host import cpu_model, package_version
 
 RESULTS_DIR = REPO_ROOT / "bench-results"
 LIBRARIES = (
@@ -26,16 +26,6 @@ LIBRARIES = (
     "httptools",
     "orjson",
 )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info() -> dict:
@@ -60,13 +50,6 @@ def busy_machine_warning(threshold: float = 0.5) -> str | None:
     )
 
 
-def _version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def wrk_version(exe: str | None) -> str | None:
     if exe is None:
         return None
@@ -80,7 +63,7 @@ def wrk_version(exe: str | None) -> str | None:
 
 def versions(wrk: str | None = None) -> dict:
     found = {"python": platform.python_version()}
-    found.update({name: _version(name) for name in LIBRARIES})
+    found.update({name: package_version(name) for name in LIBRARIES})
     found["wrk"] = wrk_version(wrk)
     return found
 

@@ -52,6 +52,8 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 # --- the bars ---------------------------------------------------------------------------
 
 RunKey = tuple[str, str, int]  # (target, mode, concurrency)
+# Every bar takes the same (runs indexed by RunKey, interleaved pair records), so a bar that
+# needs the pairs is no special case for evaluate_bars; each reads only what it needs.
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,7 @@ def _ours_and_floor(
     return _p(runs.get(("ours", mode, 1)), key), _p(runs.get(("raw_floor", mode, 1)), key)
 
 
-def bar_single_client(runs: dict[RunKey, dict]) -> BarResult:
+def bar_single_client(runs: dict[RunKey, dict], pairs: Sequence[dict]) -> BarResult:
     name = "1 client cold: p99 < 500 us and <= 2x raw_floor p99"
     ours, floor = _ours_and_floor(runs, "cold", "p99")
     if ours is None or floor is None:
@@ -109,7 +111,7 @@ def bar_single_client(runs: dict[RunKey, dict]) -> BarResult:
     )
 
 
-def bar_sixteen_clients(runs: dict[RunKey, dict]) -> BarResult:
+def bar_sixteen_clients(runs: dict[RunKey, dict], pairs: Sequence[dict]) -> BarResult:
     name = "16 clients cold: rps >= 10x plain_fastapi and >= tuned_ort, p99 < 5 ms"
     ours = runs.get(("ours", "cold", 16))
     plain, tuned = runs.get(("plain_fastapi", "cold", 16)), runs.get(("tuned_ort", "cold", 16))
@@ -133,7 +135,7 @@ def bar_sixteen_clients(runs: dict[RunKey, dict]) -> BarResult:
     )
 
 
-def bar_sixty_four_clients(runs: dict[RunKey, dict]) -> BarResult:
+def bar_sixty_four_clients(runs: dict[RunKey, dict], pairs: Sequence[dict]) -> BarResult:
     name = "64 clients cold: no errors and p99 < 15 ms"
     ours = runs.get(("ours", "cold", 64))
     if ours is None:
@@ -143,7 +145,7 @@ def bar_sixty_four_clients(runs: dict[RunKey, dict]) -> BarResult:
     return BarResult(name, met, f"{errors} errors of {ours['requests']}; p99 {_fmt(p99, 0)} us")
 
 
-def bar_cache_hit(runs: dict[RunKey, dict]) -> BarResult:
+def bar_cache_hit(runs: dict[RunKey, dict], pairs: Sequence[dict]) -> BarResult:
     name = "cache warm: hit p50 <= raw_floor p50 + 50 us"
     ours, floor = _ours_and_floor(runs, "warm", "p50")
     if ours is None or floor is None:
@@ -155,17 +157,17 @@ def bar_cache_hit(runs: dict[RunKey, dict]) -> BarResult:
     )
 
 
-def bar_monitoring(runs: dict[RunKey, dict], pairs: Sequence[dict] = ()) -> BarResult:
+def bar_monitoring(runs: dict[RunKey, dict], pairs: Sequence[dict]) -> BarResult:
     """On interleaved pairs when the run has them (the median of the per-pair ratios, so
     drift between pairs cancels), else on the one cold@16 run of each."""
     name = "monitoring on vs off: throughput within 5%"
-    on_runs = {p["pair"]: _rps(p) for p in pairs if p["target"] == "ours"}
-    off_runs = {p["pair"]: _rps(p) for p in pairs if p["target"] == "ours_no_monitoring"}
-    common = sorted(on_runs.keys() & off_runs.keys())
+    on_rps = {p["pair"]: float(p["rps"]) for p in pairs if p["target"] == "ours"}
+    off_rps = {p["pair"]: float(p["rps"]) for p in pairs if p["target"] == "ours_no_monitoring"}
+    common = sorted(on_rps.keys() & off_rps.keys())
     if common:
-        on = statistics.median(on_runs[k] for k in common)  # type: ignore[type-var]
-        off = statistics.median(off_runs[k] for k in common)  # type: ignore[type-var]
-        change = statistics.median(on_runs[k] / off_runs[k] - 1 for k in common)  # type: ignore[operator]
+        on = statistics.median(on_rps[k] for k in common)
+        off = statistics.median(off_rps[k] for k in common)
+        change = statistics.median(on_rps[k] / off_rps[k] - 1 for k in common)
         source = f"median of {len(common)} interleaved pairs: "
     else:
         on = _rps(runs.get(("ours", "cold", 16)))
@@ -192,9 +194,7 @@ BARS = (
 
 def evaluate_bars(runs: Sequence[dict], pairs: Sequence[dict] = ()) -> list[BarResult]:
     indexed = index_runs(runs)
-    return [
-        bar_monitoring(indexed, pairs) if bar is bar_monitoring else bar(indexed) for bar in BARS
-    ]
+    return [bar(indexed, pairs) for bar in BARS]
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

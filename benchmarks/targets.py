@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.procs import LOOPBACK, REPO_ROOT
+from benchmarks.procs import LOOPBACK, REPO_ROOT, ServerProcess, free_port
 
 
 class Target(enum.StrEnum):
@@ -68,3 +68,9 @@ def command(target: Target, port: int, options: LaunchOptions) -> list[str]:
     if target is Target.OURS_NO_MONITORING:
         argv.append("--no-monitoring")
     return argv
+
+
+def server_process(target: Target, options: LaunchOptions, log_path: Path) -> ServerProcess:
+    """``target`` on a free loopback port, not yet started (enter it to start it)."""
+    port = free_port()
+    return ServerProcess(str(target), command(target, port, options), port, log_path)

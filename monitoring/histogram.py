@@ -95,7 +95,9 @@ class Histogram:
         self.min_us = math.inf
         self.max_us = 0.0
 
-    def record(self, value_us: float) -> None:
+    def record(self, value_us: float) -> int:
+        """Count one value; returns its bucket index (the monitor counts batch-1 times in the
+        same bucket of its own series without computing it again)."""
         mantissa, exponent = frexp(value_us)
         index = (exponent - MIN_EXPONENT - 1) * SUB_BUCKETS + int(mantissa * (2 * SUB_BUCKETS))
         if index < 0:
@@ -109,6 +111,7 @@ class Histogram:
             self.max_us = value_us
         if value_us < self.min_us:
             self.min_us = value_us
+        return index
 
     def record_many(self, values_us: Iterable[float] | np.ndarray) -> None:
         values = np.asarray(values_us, dtype=np.float64).ravel()

@@ -14,7 +14,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
-from math import frexp
 from typing import Any, Literal
 
 import numpy as np
@@ -24,7 +23,6 @@ from monitoring.alerts import AlertEvent, AlertManager
 from monitoring.config import STAGES, AlertRule, MonitorConfig, WorkerSnapshot
 from monitoring.histogram import (
     BUCKET_MIDPOINTS,
-    LAST_BUCKET,
     N_BUCKETS,
     QUANTILES,
     Histogram,
@@ -53,6 +51,7 @@ _ROTATE_AFTER_S = 0.9 * SLICE_S
 _OFF_PARSE, _OFF_CACHE, _OFF_QUEUE, _OFF_INFER, _OFF_TOTAL, _OFF_BATCH1 = (
     OFFSET[name] for name in SEGMENTS
 )
+_BATCH1 = SEGMENTS.index("batch1_inference")
 _STATUS_ERROR_MIN = 500
 _MAX_PENDING_VALUES = MAX_PENDING_ROWS * len(STAGES)
 WorkerEvent = Literal["started", "died", "restarted"]
@@ -164,22 +163,16 @@ class Monitor:
             size = MAX_TRACKED_BATCH
         batches = series.cur_batches
         batches[size] = batches.get(size, 0) + 1
-        if size == 1:
-            mantissa, exponent = frexp(inference_us)
-            index = exponent * 128 + int(mantissa * 256)
-            if index < 0:
-                index = 0
-            elif index > LAST_BUCKET:
-                index = LAST_BUCKET
-            series.cur[_OFF_BATCH1 + index] += 1
-            if inference_us > series.cur_max[5]:
-                series.cur_max[5] = inference_us
         histogram = self._worker_hist.get(worker_pid)
         if histogram is None:
             histogram = self._worker_hist[worker_pid] = Histogram()
             self._worker_batches[worker_pid] = Counter()
-        histogram.record(inference_us)
+        index = histogram.record(inference_us)
         self._worker_batches[worker_pid][size] += 1
+        if size == 1:
+            series.cur[_OFF_BATCH1 + index] += 1
+            if inference_us > series.cur_max[_BATCH1]:
+                series.cur_max[_BATCH1] = inference_us
 
     def _series_for(self, model: str) -> ModelSeries:
         """The series of a model name not seen before (or of "unknown", without caching the

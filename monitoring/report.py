@@ -29,9 +29,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use("Agg")
 import orjson
 
+from monitoring.histogram import QUANTILES
 from monitoring.history import read_history
 
-PERCENTILES = ("p50", "p95", "p99", "p99_9")
+# The names /stats and the history give their percentiles ("p50" -> "p50_us" in a timeline).
+PERCENTILES = tuple(QUANTILES)
 
 
 @dataclass

@@ -15,10 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from monitoring.config import STAGES
-from monitoring.histogram import LAST_BUCKET, MIN_EXPONENT, N_BUCKETS, SUB_BUCKETS, sparse
-
-# The hot path computes a bucket index as ``exponent * 128 + int(mantissa * 256)``.
-assert MIN_EXPONENT == -1 and SUB_BUCKETS == 128, "update Monitor.record_* with the scheme"
+from monitoring.histogram import N_BUCKETS, bin_counts, sparse
 
 SEGMENTS: tuple[str, ...] = (*STAGES, "batch1_inference")
 N_SEGMENTS = len(SEGMENTS)
@@ -125,9 +122,7 @@ class ModelSeries:
                 values = values[values > 0.0]
                 if not values.size:
                     continue
-            mantissa, exponent = np.frexp(values)
-            index = np.clip(exponent * 128 + (mantissa * 256).astype(np.int64), 0, LAST_BUCKET)
-            counts = np.bincount(index, minlength=N_BUCKETS)
+            counts = bin_counts(values)
             (where,) = counts.nonzero()
             offset = stage * N_BUCKETS
             for i, n in zip((where + offset).tolist(), counts[where].tolist(), strict=True):
@@ -179,12 +174,16 @@ class ModelSeries:
         return agg
 
     def total(self, now: float) -> Aggregate:
-        agg = Aggregate(counts=self.since_start.copy(), max_us=list(self.since_start_max))
-        agg.batches.update(self.total_batches)
-        self._add_current(agg)
-        agg.status = Counter(self.status)
-        agg.span_s = max(now - self.started, 0.0)
-        return agg
+        self.flush()
+        batches = Counter(self.total_batches)
+        batches.update(self.cur_batches)
+        return Aggregate(
+            counts=self.since_start + np.array(self.cur, dtype=np.int64),
+            max_us=[max(a, b) for a, b in zip(self.since_start_max, self.cur_max, strict=True)],
+            status=Counter(self.status),  # cumulative already: no per-slice delta to add
+            batches=batches,
+            span_s=max(now - self.started, 0.0),
+        )
 
     def _add_current(self, agg: Aggregate) -> None:
         self.flush()

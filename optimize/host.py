@@ -10,7 +10,8 @@ from pathlib import Path
 from optimize.manifest import HostInfo, LibraryVersions
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed distribution's version, or None when it is not installed."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -20,11 +21,11 @@ def _version(package: str) -> str | None:
 def library_versions() -> LibraryVersions:
     return LibraryVersions(
         python=platform.python_version(),
-        torch=_version("torch") or "missing",
-        onnx=_version("onnx") or "missing",
-        onnxruntime=_version("onnxruntime") or "missing",
-        numpy=_version("numpy") or "missing",
-        onnxscript=_version("onnxscript"),
+        torch=package_version("torch") or "missing",
+        onnx=package_version("onnx") or "missing",
+        onnxruntime=package_version("onnxruntime") or "missing",
+        numpy=package_version("numpy") or "missing",
+        onnxscript=package_version("onnxscript"),
     )
 
 

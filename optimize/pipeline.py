@@ -47,6 +47,9 @@ from optimize.verify import Outputs, reference_outputs, verification_inputs, ver
 
 Progress = Callable[[str], None]
 MAX_ERROR_CHARS = 300
+# A worker's default thread count (--worker-threads 1). Pinning, opening and the manifest's
+# record all read it, so the recorded figure cannot drift from the one measured with.
+THREADS = 1
 
 
 class InjectedFailure(RuntimeError):
@@ -129,7 +132,7 @@ def build_variant(
         notes, captured = _build_file(plan, inputs, path, config)
         build_s = time.perf_counter() - start
         data = path.read_bytes()
-        runner = open_runner(plan.runtime, data, model=inputs.reference.spec.name, threads=1)
+        runner = open_runner(plan.runtime, data, model=inputs.reference.spec.name, threads=THREADS)
         checked = verify(runner, cases.inputs, cases.expected, tolerance)
     except Exception as exc:
         notes = [n for n in getattr(exc, "__notes__", []) if n]
@@ -253,7 +256,7 @@ def _settings(config: OptimizeConfig) -> MeasurementSettings:
         calls_batch32=config.calls_batch32,
         warmup_calls=config.warmup_calls,
         rounds=config.rounds,
-        threads=1,
+        threads=THREADS,
         tolerance_fp32=config.tolerance_fp32,
         tolerance_int8=config.tolerance_int8,
         verification_seed=config.verification_seed,
@@ -271,7 +274,7 @@ def write_manifest(out_dir: Path, manifest: Manifest) -> Path:
     return path
 
 
-def pin_threads(threads: int = 1) -> None:
+def pin_threads(threads: int = THREADS) -> None:
     """How the server's workers run: one intra-op thread, one inter-op thread."""
     torch.set_num_threads(threads)
     # It can be set only once per process, before first use: a second run keeps the first.
@@ -281,7 +284,7 @@ def pin_threads(threads: int = 1) -> None:
 
 def run_optimizer(config: OptimizeConfig, *, progress: Progress = _silent) -> Manifest:
     start = time.perf_counter()
-    pin_threads(1)
+    pin_threads()
     config.out_dir.mkdir(parents=True, exist_ok=True)
     models = {name: optimize_model(name, config, progress) for name in config.models}
     manifest = Manifest(

@@ -38,10 +38,11 @@ _CACHED = b',"cached":true}'
 _FRESH = b',"cached":false}'
 _NS_PER_US = 1000.0
 # A request may run inline in the front only when it is alone: the front sat idle at least
-# _IDLE_GAP_NS before it, and it came on the same connection as every request of the last
-# _ONE_PEER_NS. With several clients active the front is the scarce core, and a row run
-# inline there made the others wait: 16 clients gave 19,500 requests/s with inline runs
-# allowed on idle gaps alone, 24,400 with none (two A/B pairs).
+# _IDLE_GAP_NS before it, and its connection has sent every request for over _ONE_PEER_NS
+# (counted from its first request after another connection's, so clients that take turns
+# never run inline, however slowly). With several clients active the front is the scarce
+# core, and a row run inline there made the others wait: 16 clients gave 19,500 requests/s
+# with inline runs allowed on idle gaps alone, 24,400 with none (two A/B pairs).
 _IDLE_GAP_NS = 10_000
 _ONE_PEER_NS = 1_000_000
 
@@ -249,31 +250,36 @@ class InferCore:
                 continue
             fut = cache.joining(key) or self._queue(parsed.model_idx, key, row)
             futures.append((i, fut))
-        looked_up = time.perf_counter_ns()
-        state = BatchAnswer(self, parsed.model, results, cached, start, parsed_at, looked_up)
-        state.wait(futures, respond)
+        marks = (start, parsed_at, time.perf_counter_ns())
+        BatchAnswer(self, parsed.model, results, cached, marks, respond).wait(futures)
 
 
 class BatchAnswer:
-    """Collects a batch request's rows; answers once all are in, or at the first error."""
+    """Collects a batch request's rows; answers once all are in, with the first error if any
+    (so ``pending`` counts the request until no row of it is left with a worker)."""
 
-    __slots__ = ("cached", "core", "error", "looked_up", "model", "parsed_at", "remaining",
-                 "respond", "results", "start")  # fmt: skip
+    __slots__ = ("cached", "core", "error", "marks", "model", "remaining", "respond", "results")
 
-    def __init__(self, core, model, results, cached, start, parsed_at, looked_up) -> None:
+    def __init__(
+        self,
+        core: InferCore,
+        model: str,
+        results: list,
+        cached: list[bool],
+        marks: tuple[int, int, int],
+        respond: Respond,
+    ) -> None:
+        """``marks``: when the request started, was parsed, had its rows looked up."""
         self.core = core
         self.model = model
         self.results = results
         self.cached = cached
-        self.start = start
-        self.parsed_at = parsed_at
-        self.looked_up = looked_up
+        self.marks = marks
+        self.respond = respond
         self.error: ApiError | None = None
         self.remaining = 0
-        self.respond: Respond | None = None
 
-    def wait(self, futures: list[tuple[int, asyncio.Future]], respond: Respond) -> None:
-        self.respond = respond
+    def wait(self, futures: list[tuple[int, asyncio.Future]]) -> None:
         self.remaining = len(futures)
         if not futures:
             return self._answer()
@@ -293,9 +299,8 @@ class BatchAnswer:
             self._answer()
 
     def _answer(self) -> None:
-        assert self.respond is not None
         if self.error is not None:
-            return self.core.fail(self.error, self.start, self.model, self.respond)
+            return self.core.fail(self.error, self.marks[0], self.model, self.respond)
         parts = [
             b"{" + r[0] + (_CACHED if c else _FRESH)
             for r, c in zip(self.results, self.cached, strict=True)
@@ -306,8 +311,7 @@ class BatchAnswer:
             (r[2] for r, c in zip(self.results, self.cached, strict=True) if not c), default=0
         )
         self.respond(200, body, None)
-        marks = (self.start, self.parsed_at, self.looked_up, done)
-        self.core.record_ok(self.model, marks, inference_ns, all(self.cached))
+        self.core.record_ok(self.model, (*self.marks, done), inference_ns, all(self.cached))
 
 
 def _as_api_error(error: BaseException) -> ApiError:
@@ -338,19 +342,21 @@ async def asgi_infer(core: InferCore, scope: dict, receive: Any, send: Any) -> N
     pipelined ones) and for any other ASGI server."""
     start = time.perf_counter_ns()
     head = RequestHead(scope["headers"], scope.get("client"))
+    answer: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def respond(status: int, data: bytes, retry_after: int | None) -> None:
+        answer.set_result((status, data, retry_after))
+
     try:
         if scope["method"] != "POST":
             raise MethodNotAllowed("use POST /infer with a JSON body")
         core.check_head(head)
         body = await _read_body(core, receive)
     except ApiError as error:
-        core.fail(error, start, "", lambda *_: None)
-        await send_error(send, error)
-        return
-    answer: asyncio.Future = asyncio.get_running_loop().create_future()
-    core.handle(head, body, lambda status, data, retry: answer.set_result((status, data, retry)))
-    status, data, retry = await answer
-    await send_json(send, status, data, retry)
+        core.fail(error, start, "", respond)
+    else:
+        core.handle(head, body, respond)
+    await send_json(send, *await answer)
 
 
 async def _read_body(core: InferCore, receive: Any) -> bytes:

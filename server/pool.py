@@ -153,7 +153,7 @@ class WorkerPool:
         if loaded != versions:
             log.warning("front loaded %s but workers serve %s; inline lane off", loaded, versions)
             return None
-        return [ep for ep in sorted(endpoints, key=lambda ep: MODEL_INDEX[ep.spec.name])]
+        return sorted(endpoints, key=lambda ep: MODEL_INDEX[ep.spec.name])
 
     async def _start_generation(self) -> list[WorkerHandle]:
         workers = [self._spawn(slot) for slot in range(self.config.workers)]

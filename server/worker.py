@@ -67,6 +67,8 @@ class ModelEndpoint:
 
 
 def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
+    """The models, loaded and warmed: for a worker and for the front's inline lane alike
+    (unwarmed, the first inline request took 0.5 ms instead of 15 us)."""
     from optimize.loader import load_manifest, load_served
 
     manifest = load_manifest(config.artifacts_dir)
@@ -83,6 +85,7 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
         )
         rule = EnsembleRule(SPECS[name], config.weights_for(name))
         endpoints.append(ModelEndpoint(served, rule))
+    warm_up(endpoints, config.warmup_calls)
     return endpoints
 
 
@@ -139,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_json_dict(orjson.loads(first[protocol.REQUEST.size :]))
         endpoints = load_endpoints(config)
-        warm_up(endpoints, config.warmup_calls)
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}".encode()[:4000]
         sock.send(protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,3 +130,19 @@ def start_server(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         assert not leftover, f"worker processes outlived the server: {leftover}"
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """Polls ``predicate`` until it is true; fails the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached before the deadline")
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now (not the peak), from /proc."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * 4096

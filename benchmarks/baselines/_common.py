@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.procs import LOOPBACK
-from models import ACTIONS, SPECS
+from models import ACTIONS, SPECS, EnsembleRule
 from models.spec import ModelSpec
 
 MODEL = "tactical"
@@ -41,19 +41,14 @@ def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
-def decision(probs: np.ndarray, value: float, weights: np.ndarray) -> dict:
-    """The contract's per-observation fields from (agents, 3) probabilities."""
-    mean = weights @ probs
-    action = int(mean.argmax())
+def decision(probs: np.ndarray, value: float, rule: EnsembleRule) -> dict:
+    """The contract's per-observation fields from one observation's (agents, 3)
+    probabilities, decided by the project's rule as our server decides them."""
+    action, confidence = rule.decide(probs[None])
     return {
-        "action": ACTIONS[action],
-        "confidence": float(mean[action]),
+        "action": ACTIONS[int(action[0])],
+        "confidence": float(confidence[0]),
         "agents": {name: probs[i].tolist() for i, name in enumerate(SPEC.agents)},
         "value": float(value),
         "cached": False,
     }
-
-
-def equal_weights() -> np.ndarray:
-    n = len(SPEC.agents)
-    return np.full(n, 1.0 / n, dtype=np.float32)

@@ -11,7 +11,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 import models
-from benchmarks.baselines._common import HOST, MODEL, SPEC, parse_args, version_of
+from benchmarks.baselines._common import HOST, MODEL, SPEC, decision, parse_args, version_of
 
 
 class InferRequest(BaseModel):
@@ -41,16 +41,8 @@ def create_app() -> FastAPI:
             )
         with torch.no_grad():
             probs, value = policy(x)
-        action, confidence = rule.decide(probs.numpy())
-        return {
-            "model": MODEL,
-            "version": version,
-            "action": models.ACTIONS[int(action[0])],
-            "confidence": float(confidence[0]),
-            "agents": {name: probs[0, i].tolist() for i, name in enumerate(SPEC.agents)},
-            "value": float(value[0, 0]),
-            "cached": False,
-        }
+        answer = decision(probs[0].numpy(), float(value[0, 0]), rule)
+        return {"model": MODEL, "version": version, **answer}
 
     return app
 

@@ -17,12 +17,12 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
+import models
 from benchmarks.baselines._common import (
     HOST,
     MODEL,
     SPEC,
     decision,
-    equal_weights,
     error_body,
     parse_args,
     version_of,
@@ -45,8 +45,6 @@ def onnx_fp32_path(artifacts: Path) -> Path | None:
 
 def export_own_onnx(directory: Path) -> Path:
     import torch
-
-    import models
 
     fused = models.build_default(MODEL).fused()
     path = directory / f"{MODEL}_fp32.onnx"
@@ -72,15 +70,6 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _split_outputs(outputs: list[np.ndarray]) -> tuple[np.ndarray, float]:
-    """Two outputs (probs, value), or one fused row of every agent's probabilities then the
-    value, as ``ModelSpec.output_width`` describes."""
-    if len(outputs) >= 2:
-        return outputs[0][0], float(outputs[1].reshape(-1)[0])
-    row = outputs[0].reshape(-1)
-    return row[:-1].reshape(len(SPEC.agents), 3), float(row[-1])
-
-
 def _json(status: int, payload: dict) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
@@ -90,7 +79,7 @@ def create_app() -> FastAPI:
     session = _session(path)
     input_name = session.get_inputs()[0].name
     version = version_of(path.read_bytes())
-    weights = equal_weights()
+    rule = models.EnsembleRule(SPEC)
     shape = SPEC.observation_shape
     app = FastAPI()
 
@@ -113,8 +102,9 @@ def create_app() -> FastAPI:
             return _json(422, error_body("invalid_observation", "observation must be numbers"))
         if x.shape != shape:
             return _json(422, error_body("invalid_shape", f"observation must be {shape}"))
-        probs, value = _split_outputs(session.run(None, {input_name: x[None]}))
-        return _json(200, {"model": MODEL, "version": version, **decision(probs, value, weights)})
+        probs, value = session.run(None, {input_name: x[None]})
+        answer = decision(probs[0], float(value[0, 0]), rule)
+        return _json(200, {"model": MODEL, "version": version, **answer})
 
     return app
 

@@ -19,8 +19,8 @@ import models
 from benchmarks.bodies import Mode, make_bodies
 from benchmarks.httpbench import HttpSettings, RunPlan, measure, run_interleaved
 from benchmarks.loadgen import Generator, run_python, wrk_path
-from benchmarks.procs import ServerProcess, free_port, process_tree
-from benchmarks.targets import LaunchOptions, Target, command
+from benchmarks.procs import ServerProcess, process_tree
+from benchmarks.targets import LaunchOptions, Target, server_process
 from tests.support import ROOT, pid_alive, start_server
 
 pytestmark = pytest.mark.slow
@@ -30,10 +30,7 @@ RUN_KEYS = {"target", "mode", "concurrency", "duration_s", "generator", "request
 
 
 def started(target: Target, launch: LaunchOptions, logs: Path) -> Iterator[ServerProcess]:
-    port = free_port()
-    server = ServerProcess(str(target), command(target, port, launch), port,
-                           logs / f"{target}.log")  # fmt: skip
-    with server:
+    with server_process(target, launch, logs / f"{target}.log") as server:
         server.wait_ready(timeout_s=90)
         tree = process_tree(server.pid)
         yield server
@@ -98,6 +95,7 @@ def test_cli_writes_the_result_document(tmp_path: Path) -> None:
                         "inprocess", "ratios"}  # fmt: skip
     assert doc["kind"] == "benchmark" and doc["machine"]["cores"] >= 1
     assert doc["machine"]["cpu_model"] and doc["versions"]["uvicorn"]
+    assert doc["pairs"] == []  # only compare interleaves
     [record] = doc["runs"]
     check_record(record, "python")
 
@@ -164,3 +162,8 @@ def test_interleaved_pairs_alternate_the_order_and_number_the_rounds(
         check_record(record, "python")
     announced = [line for line in logged if "pair " in line]  # noisy runs add a retry line
     assert len(announced) == 6 and "pair 3/3" in announced[-1]
+    # a server of its own for each target, not one server measured under two names
+    assert {p.name for p in tmp_path.glob("*.pairs.log")} == {
+        "ours.pairs.log",
+        "ours_no_monitoring.pairs.log",
+    }

@@ -1,9 +1,11 @@
 """The protocol-level fast lane at the HTTP edge: pipelining, Expect: 100-continue,
-connection close, and the same answers with the fast lane off."""
+connection close, the inline lane's one-connection rule, and the same answers with the
+fast lane off."""
 
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -118,6 +120,38 @@ def test_connection_close_and_http10(server) -> None:
             status, headers, _ = reader.response()
             assert status == 200 and headers.get("connection") == "close"
             assert reader.closed()
+
+
+def worker_rows(server) -> int:
+    return sum(w["served"] for w in httpx.get(f"{server.url}/stats").json()["workers"])
+
+
+def test_inline_lane_takes_one_connection_and_leaves_two_to_the_workers(server) -> None:
+    rng = np.random.default_rng(21)
+    bodies = [
+        orjson.dumps({"model": "tactical", "observation": rng.standard_normal((60, 7)).tolist()})
+        for _ in range(40)
+    ]  # distinct, so that none is a cache hit
+    (one, one_reader), (two, two_reader) = connect(server), connect(server)
+    with one, two:
+        before = worker_rows(server)
+        for i in range(10):  # taking turns, each request comes on another connection
+            for k, (sock, reader) in enumerate(((one, one_reader), (two, two_reader))):
+                sock.sendall(post(bodies[2 * i + k]))
+                assert reader.response()[0] == 200
+        alternating = worker_rows(server) - before
+
+        one.sendall(post(bodies[20]))
+        assert one_reader.response()[0] == 200
+        time.sleep(0.005)  # past the 1 ms during which a newly alone connection waits
+        before = worker_rows(server)
+        for body in bodies[21:]:
+            time.sleep(0.0005)  # the front sits idle in between, as a lone client lets it
+            one.sendall(post(body))
+            assert one_reader.response()[0] == 200
+        alone = worker_rows(server) - before
+    assert alternating == 20, "requests taking turns on two connections must go to workers"
+    assert alone == 0, "a lone connection's requests must run inline in the front"
 
 
 def test_same_answers_with_the_fast_lane_off(artifacts_dir: Path, server) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.history import read_history
-from tests.support import ROOT, start_server
+from tests.support import ROOT, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +46,11 @@ def test_report_from_a_short_real_run(artifacts_dir: Path, tmp_path: Path) -> No
     args = ["--history-dir", str(history)]
     with start_server(artifacts_dir, workers=2, args=args) as server:
         statuses = send(server.url, 300)
-        time.sleep(1.5)  # let the 1 s ticker rotate at least once (the timeline's points)
+        # the 1 s ticker has rotated a slice holding this traffic: the timeline has a point
+        wait_until(
+            lambda: any(p["requests"] for p in httpx.get(f"{server.url}/stats").json()["timeline"]),
+            timeout_s=10,
+        )
         stats = httpx.get(f"{server.url}/stats", timeout=5).json()
         alerts = httpx.get(f"{server.url}/alerts", timeout=5).json()
         metrics = httpx.get(f"{server.url}/metrics", timeout=5)
@@ -104,5 +107,8 @@ def test_report_from_a_short_real_run(artifacts_dir: Path, tmp_path: Path) -> No
             [promtool, "check", "metrics"], input=metrics.content, capture_output=True, timeout=60
         )
         assert check.returncode == 0, check.stdout + check.stderr
-    # the history written at shutdown or by the 10 s snapshots is readable (may be empty)
-    list(read_history(history))
+    # the snapshots (every 10 s and one at shutdown) count each request once, in intervals
+    snapshots = list(read_history(history))
+    assert snapshots
+    answered = sum(r["models"].get("tactical", {}).get("requests", 0) for r in snapshots)
+    assert answered == statuses.count(200)

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support import pid_alive, start_server
+from tests.support import pid_alive, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,15 +43,6 @@ async def load(url: str, seconds: float, concurrency: int, start: int = 0) -> li
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
     return statuses
-
-
-def wait_until(predicate, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached before the deadline")
 
 
 def ready_workers(url: str) -> list[dict]:
@@ -211,6 +202,12 @@ def test_api_key_and_rate_limit(artifacts_dir: Path) -> None:
         assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:]
         limited = httpx.post(url, json=body(9), headers={"x-api-key": "s3cret"})
         assert limited.status_code == 429 and "retry-after" in limited.headers
+        # the admin route asks for the same key (and is not rate limited)
+        reload = f"{server.url}/admin/reload"
+        refused = httpx.post(reload, headers={"x-api-key": "nope"})
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+        allowed = httpx.post(reload, headers={"authorization": "Bearer s3cret"}, timeout=60)
+        assert allowed.status_code == 200 and allowed.json()["status"] == "reloaded"
 
 
 def test_sigterm_closes_busy_keep_alive_connections_gracefully(artifacts_dir: Path) -> None:

@@ -4,13 +4,14 @@ report, tables."""
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import orjson
 import pytest
 
 from benchmarks.bodies import Mode, make_bodies
-from benchmarks.httpbench import RunPlan, run_record
+from benchmarks.httpbench import HttpSettings, RunPlan, run_record
 from benchmarks.loadgen import Generator, LoadResult, parse_wrk_output, wrk_errors
 from benchmarks.stats import (
     compute_ratios,
@@ -21,7 +22,7 @@ from benchmarks.stats import (
     sample,
 )
 from benchmarks.tables import RUN_COLUMNS, markdown_table, run_rows, text_table
-from benchmarks.targets import Target
+from benchmarks.targets import LaunchOptions, Target, command
 
 
 def run(
@@ -148,6 +149,18 @@ def test_monitoring_bar_takes_the_median_pair_ratio_over_the_single_runs() -> No
     assert bar.met is True and "-1.0%" in bar.detail
 
 
+def test_monitoring_bar_uses_only_pairs_with_both_sides() -> None:
+    runs = meeting_runs()
+    pairs = _pairs([(9_200, 10_000), (8_000, 10_000)])
+    del pairs[3]  # pair 1 lost its monitoring-off run: pair 0 (-8%) alone decides
+    bar = evaluate_bars(runs, pairs)[4]
+    assert bar.met is False and "median of 1 interleaved pairs" in bar.detail
+    assert "-8.0%" in bar.detail
+    only_on = [p for p in pairs if p["target"] == "ours"]
+    bar = evaluate_bars(runs, only_on)[4]  # no complete pair: the single cold@16 runs decide
+    assert bar.met is True and "interleaved" not in bar.detail and "-2.2%" in bar.detail
+
+
 def test_single_client_bar_has_an_absolute_limit_too() -> None:
     runs = meeting_runs()
     for r in runs:
@@ -252,8 +265,76 @@ def test_show_prints_a_saved_result(tmp_path, capsys) -> None:
     assert capsys.readouterr().out.count("- **met**") == 5
 
 
+def test_show_decides_monitoring_on_the_saved_pairs(tmp_path, capsys) -> None:
+    from benchmarks.__main__ import main
+
+    path = tmp_path / "result.json"
+    pairs = _pairs([(9_200, 10_000), (8_000, 10_000)])  # on 8% and 20% below off
+    path.write_bytes(orjson.dumps({"kind": "benchmark", "machine": {"cores": 2},
+                                   "runs": meeting_runs(), "pairs": pairs,
+                                   "inprocess": []}))  # fmt: skip
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "interleaved pairs" in out and "ours_no_monitoring (pair 2)" in out
+    assert out.count("[met    ]") == 4 and "[NOT MET] monitoring" in out
+    assert main(["show", "--markdown", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("- **met**") == 4 and "- **NOT MET**: monitoring" in out
+    assert "ours (pair 1)" in out
+
+
+def test_only_ours_without_monitoring_is_started_with_no_monitoring(tmp_path) -> None:
+    launch = LaunchOptions(artifacts=tmp_path, workers=2, cache_size=0)
+    argv = {t: command(t, 8000, launch) for t in Target}
+    assert [t for t, a in argv.items() if "--no-monitoring" in a] == [Target.OURS_NO_MONITORING]
+    assert argv[Target.OURS_NO_MONITORING] == [*argv[Target.OURS], "--no-monitoring"]
+    assert argv[Target.OURS][:3] == [sys.executable, "-m", "server"]
+    assert argv[Target.RAW_FLOOR][:3] == [sys.executable, "-m", "benchmarks.baselines.raw_floor"]
+
+
+def test_compare_goes_on_past_a_failed_target_and_decides_monitoring_on_pairs(
+    monkeypatch, tmp_path
+) -> None:
+    from benchmarks import compare
+
+    by_key = {(r["target"], r["mode"], r["concurrency"]): r for r in meeting_runs()}
+    pairs = _pairs([(9_200, 10_000), (8_000, 10_000)])
+    interleaved: list[tuple] = []
+
+    def run_target(target, plans, settings, launch, log):
+        if target is Target.PLAIN_FASTAPI:
+            raise RuntimeError("plain_fastapi exited with 1 before it was ready\nlog tail")
+        return [by_key[str(target), str(p.mode), p.concurrency] for p in plans]
+
+    def run_interleaved(targets, plan, rounds, settings, launch, log):
+        interleaved.append((targets, plan, rounds))
+        return pairs
+
+    monkeypatch.setattr(compare, "run_target", run_target)
+    monkeypatch.setattr(compare, "run_interleaved", run_interleaved)
+    monkeypatch.setattr(compare, "server_available", lambda: True)
+    monkeypatch.setattr(compare, "ensure_artifacts", lambda artifacts, log: False)
+    settings = HttpSettings(duration_s=1, generator=Generator.PYTHON, logs_dir=tmp_path)
+    options = compare.CompareOptions(True, settings, LaunchOptions(artifacts=tmp_path))
+    document: dict = {"runs": [], "pairs": [], "inprocess": [], "ratios": {}}
+    logged: list[str] = []
+    compare.run_compare(options, document, log=logged.append)
+
+    assert document["failures"] == {
+        "plain_fastapi": "plain_fastapi exited with 1 before it was ready"
+    }
+    assert {r["target"] for r in document["runs"]} == {"raw_floor", "tuned_ort", "ours"}
+    assert interleaved == [(compare.MONITORING_PAIRS, compare.MONITORING_PLAN, 2)]
+    assert document["pairs"] == pairs
+    # 16 clients lacks plain_fastapi; the pairs (on 8% and 20% below off) fail monitoring
+    assert [b["met"] for b in document["bars"]] == [True, None, True, True, False]
+    assert "median of 2 interleaved pairs" in document["bars"][4]["detail"]
+    assert document["ratios"] and not any("plain_fastapi" in key for key in document["ratios"])
+    assert any("plain_fastapi FAILED" in line for line in logged)
+
+
 def test_a_run_is_noisy_when_others_took_over_a_tenth_of_the_machine(tmp_path) -> None:
-    from benchmarks.httpbench import HttpSettings, is_noisy
+    from benchmarks.httpbench import is_noisy
 
     settings = HttpSettings(duration_s=5, generator=Generator.PYTHON, logs_dir=tmp_path)
     record = run("ours", "cold", 16, 9_000, 1_500, 3_000)

@@ -19,14 +19,10 @@ from models.policy import CheckpointMismatch
 REPO = Path(__file__).resolve().parents[2]
 
 WEIGHTS_DIGEST = """
-import hashlib, sys
+import sys
 import models
-model = models.build_default(sys.argv[1])
-digest = hashlib.sha256()
-for key, tensor in sorted(model.state_dict().items()):
-    digest.update(key.encode())
-    digest.update(tensor.numpy().tobytes())
-print(digest.hexdigest())
+from tests.unit.test_models import weights_sha256
+print(weights_sha256(models.build_default(sys.argv[1])))
 """
 
 
@@ -171,3 +167,52 @@ def test_checkpoint_with_non_finite_weights_is_refused(tmp_path: Path) -> None:
     models.save_checkpoint(model, path)
     with pytest.raises(CheckpointMismatch, match="NaN or Infinity"):
         models.load_checkpoint("tactical", path)
+
+
+def test_checkpoint_with_infinite_weights_is_refused_naming_them(tmp_path: Path) -> None:
+    state = models.build_default("tactical").state_dict()
+    state["actors.momentum.2.weight"][1, 2] = float("-inf")
+    path = tmp_path / "inf.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatch, match="NaN or Infinity") as info:
+        models.load_checkpoint("tactical", path)
+    assert "['actors.momentum.2.weight']" in str(info.value)
+
+
+def test_torch_backed_names_resolve_lazily_to_models_policy() -> None:
+    from models import policy
+
+    assert models.PolicySystem is policy.PolicySystem
+    assert models.CheckpointMismatch is CheckpointMismatch
+    assert all(hasattr(models, name) for name in models.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'Policy'"):
+        _ = models.Policy  # type: ignore[attr-defined]
+
+
+def test_ensemble_rule_decides_on_the_weighted_mean_of_the_agents() -> None:
+    spec = models.get_spec("tactical")
+    # Equal weights: mean (0.3, 0.233, 0.467) -> long. Weights 3:1:1 -> (0.42, 0.26, 0.32) -> short
+    # for the first row, (0.26, 0.22, 0.52) -> long for the reversed one.
+    probs = np.array([[[0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.2, 0.6]]], dtype=np.float32)
+    batch = np.concatenate([probs, probs[:, ::-1]])  # second row: agents in reverse order
+    action, confidence = models.EnsembleRule(spec).decide(batch)
+    assert action.tolist() == [2, 2]
+    np.testing.assert_allclose(confidence, [1.4 / 3] * 2, rtol=1e-6)
+    action, confidence = models.EnsembleRule(spec, [3.0, 1.0, 1.0]).decide(batch)
+    assert action.tolist() == [0, 2]
+    np.testing.assert_allclose(confidence, [0.42, 0.52], rtol=1e-6)
+    assert confidence.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([1.0, 1.0], "expected 3 agent weights"),
+        ([1.0, -1.0, 1.0], "must be finite, non-negative and not all zero"),
+        ([0.0, 0.0, 0.0], "must be finite, non-negative and not all zero"),
+        ([1.0, float("nan"), 1.0], "must be finite, non-negative and not all zero"),
+    ],
+)
+def test_ensemble_rule_refuses_unusable_weights(weights: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        models.EnsembleRule(models.get_spec("tactical"), weights)

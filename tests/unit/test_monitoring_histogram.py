@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from monitoring.histogram import (
     bucket_index,
     bucket_indices,
 )
+from tests.support import resident_bytes
 
 QS = (0.5, 0.9, 0.95, 0.99, 0.999)
 
@@ -54,6 +54,8 @@ def test_scalar_and_vector_bucket_index_agree_over_the_range() -> None:
     values = np.concatenate([np.exp(np.linspace(np.log(0.01), np.log(2e8), 5000)), [0.0, -3.0]])
     scalar = [bucket_index(float(v)) for v in values]
     assert scalar == bucket_indices(values).tolist()
+    histogram = Histogram()  # record returns the index the monitor reuses for batch-1 times
+    assert [histogram.record(float(v)) for v in values] == scalar
     for v, index in zip(values, scalar, strict=True):
         if 0.25 <= v < BUCKET_EDGES[-1]:
             assert BUCKET_EDGES[index] <= v < BUCKET_EDGES[index + 1]
@@ -103,18 +105,13 @@ def test_recording_a_million_values_does_not_grow_memory() -> None:
     values = rng.lognormal(np.log(300.0), 1.0, 1_000_000).tolist()
     for v in values[:10_000]:
         histogram.record(v)
-    before = _resident_bytes()
+    before = resident_bytes()
     for v in values:
         histogram.record(v)
-    grown = _resident_bytes() - before
+    grown = resident_bytes() - before
     assert histogram.count == 1_010_000
     assert len(histogram.counts()) == N_BUCKETS
     assert grown < 1024 * 1024, f"resident memory grew by {grown} bytes"
-
-
-def _resident_bytes() -> int:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * 4096
 
 
 def test_serialisation_round_trip_and_scheme_check() -> None:

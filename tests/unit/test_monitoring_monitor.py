@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from monitoring import STAGES, Monitor, MonitorConfig, WorkerSnapshot, dumps
 from tests.fakes import FakeClock
+from tests.support import resident_bytes
 
 WORKERS = [
     WorkerSnapshot(index=0, pid=101, state="ready", in_flight=2, served=10, restarts=0),
@@ -156,12 +155,28 @@ def test_recording_a_million_requests_does_not_grow_memory() -> None:
     assert len(series.cur) == len(series.since_start)
     assert series.status == {200: 1_020_000}
     assert grown < 1024 * 1024, f"recording grew resident memory by {grown} bytes"
+    # the flushes forced by the pending-row bound bucketed every row (none dropped)
+    total = series.total(clock())
+    assert total.requests == 1_020_000
+    assert int(total.segment("parse").sum()) == 1_020_000
 
 
-def resident_bytes() -> int:
-    """Resident set size now (not the peak), from /proc."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * 4096
+def test_batch1_inference_shares_the_worker_histogram_buckets() -> None:
+    monitor, clock = make(models=("tactical",))
+    monitor.tick(WORKERS, {})  # pid 101 is worker 0, pid 102 worker 1
+    values = np.random.default_rng(2).lognormal(np.log(80.0), 1.0, 500)
+    values[:2] = [0.0, 1e12]  # below and above the covered range: clamped to the end buckets
+    for v in values:
+        monitor.record_batch("tactical", 1, float(v), 101)
+    monitor.record_batch("tactical", 8, 5000.0, 102)  # larger batches: not batch-1 times
+    monitor.record_batch("tactical", 2, 7000.0, 102)
+    series = next(s for s in monitor.series() if s.name == "tactical")
+    batch1 = series.total(clock()).segment("batch1_inference")
+    assert batch1.tolist() == monitor.worker_inference_histograms()[0].counts().tolist()
+    window = monitor.stats()["models"]["tactical"]["window"]
+    assert window["batch1_inference_us"]["count"] == 500
+    assert window["batch1_inference_us"]["max"] == 1e12
+    assert window["batch_size"]["distribution"] == {"1": 500, "2": 1, "8": 1}
 
 
 def test_ring_of_slices_is_bounded_whatever_the_tick_rate() -> None:

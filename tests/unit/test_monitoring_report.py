@@ -86,6 +86,7 @@ def test_report_from_history_with_data(tmp_path: Path) -> None:
         assert (out / png).stat().st_size > 5000, png
     assert page.count("data:image/png;base64,") == len(PNGS)
     assert "No data:" not in page
+    assert "No data for this chart." not in page  # every chart drew its series
     assert "http://" not in page.replace("http://www.w3.org", "") and "<script" not in page
 
 

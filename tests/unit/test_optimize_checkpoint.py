@@ -14,6 +14,7 @@ from optimize.config import OptimizeConfig
 from optimize.loader import load_served
 from optimize.manifest import CheckpointKind, VariantName
 from optimize.pipeline import run_optimizer
+from optimize.runners import TorchRunner
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +39,10 @@ def test_checkpoint_is_recorded_with_its_sha256_and_served(tmp_path: Path) -> No
 
     x = np.random.default_rng(3).standard_normal((4, 60, 7)).astype(np.float32)
     served = load_served(tmp_path / "out", "tactical")
-    expected = models.build_default("tactical", seed=7)
-    import torch
-
-    with torch.inference_mode():
-        ref_probs, _ = expected(torch.from_numpy(x))
-    np.testing.assert_array_equal(served.runner.run(x)[0], ref_probs.numpy())
+    ref_probs, ref_value = TorchRunner(models.build_default("tactical", seed=7)).run(x)
+    probs, value = served.runner.run(x)
+    np.testing.assert_array_equal(probs, ref_probs)
+    np.testing.assert_array_equal(value, ref_value)
 
 
 def test_checkpoint_of_the_wrong_model_stops_the_run_with_a_message(

@@ -102,3 +102,5 @@ def test_dynamo_export_failure_falls_back_to_the_legacy_exporter(
     assert onnx.status is Status.OK and onnx.within_tolerance
     assert any("dynamo exporter failed" in note for note in onnx.notes)
     assert any("legacy" in note for note in onnx.notes)
+    # "tried legacy" in the failure note alone would satisfy the line above
+    assert "exported by torch.onnx (legacy, TorchScript-based)" in onnx.notes

@@ -182,6 +182,7 @@ def test_manifest_pointing_outside_the_directory_is_refused(
 LAZY_IMPORT_CHECK = """
 import sys
 from pathlib import Path
+import models  # the worker imports models.spec and models.ensemble, so models/__init__ runs
 from optimize.loader import load_variant
 served = load_variant(Path(sys.argv[1]), "tactical", "onnx_fp32")
 probs, value = served.runner.run(__import__("numpy").zeros((1, 60, 7), "float32"))

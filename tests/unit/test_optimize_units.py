@@ -228,6 +228,37 @@ def test_verify_records_largest_error_and_case() -> None:
     assert beyond.worst_case in inputs and beyond.detail.endswith(f"({beyond.worst_case})")
 
 
+class CaseErrorRunner(FakeRunner):
+    """Off in probs on the 1e6-magnitude inputs only, and in value on all-zero inputs only."""
+
+    def __init__(self, probs_error: float, value_error: float) -> None:
+        super().__init__()
+        self.probs_error, self.value_error = np.float32(probs_error), np.float32(value_error)
+
+    def run(self, observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, value = super().run(observations)
+        if np.abs(observations).max() > 1e5:
+            probs = probs + self.probs_error
+        if not observations.any():
+            value = value + self.value_error
+        return probs, value
+
+
+def test_verify_names_the_case_furthest_beyond_its_tolerance() -> None:
+    inputs = verification_inputs((4, 2), seed=0)
+    expected = {case: FakeRunner().run(x) for case, x in inputs.items()}
+    # probs at 0.2 of its tolerance, value at 0.5 of its: the value's case is the worst
+    within = verify(CaseErrorRunner(2e-5, 5e-4), inputs, expected, FP32)
+    assert within.within_tolerance and within.detail == ""
+    assert within.worst_case == "zeros"
+    assert within.max_abs_error_probs == pytest.approx(2e-5, rel=0.05)
+    assert within.max_abs_error_value == pytest.approx(5e-4, rel=0.05)
+    # probs at twice its tolerance: now the probs' case is the worst, and the detail says so
+    beyond = verify(CaseErrorRunner(2e-4, 5e-4), inputs, expected, FP32)
+    assert not beyond.within_tolerance and beyond.worst_case == "large_1e6"
+    assert beyond.detail == "probs error 0.0002 > 0.0001 (large_1e6)"
+
+
 def test_verify_rejects_wrong_shapes_and_non_finite_outputs() -> None:
     inputs = verification_inputs((4, 2), seed=0)
     expected = {case: FakeRunner().run(x) for case, x in inputs.items()}
@@ -360,6 +391,8 @@ def test_cli_builds_one_config_with_prerequisites() -> None:
     assert config.tolerance_fp32 == Tolerance(1e-5, 1e-4)
     assert config.checkpoints == {"strategic": Path("w.safetensors")}
     assert config.fail_variants == {VariantName.ONNX_FP32}
+    assert config.out_dir == Path("x") and config.calls == 50
+    assert config.warmup_calls == 50  # capped at --calls when fewer than the default 1,000
     assert config.planned_variants() == (
         VariantName.EAGER_FP32,
         VariantName.ONNX_FP32,
@@ -419,6 +452,30 @@ def test_ort_runner_uses_the_public_run_when_there_is_no_binding() -> None:
     probs, value = OrtRunner(session).run(np.zeros((2, 60, 7), np.float32))
     assert probs.shape == (2, 3, 3) and value.shape == (2, 1)
     assert session.calls == [(["probs", "value"], ["observation"])]
+
+
+class FakeBinding:
+    """The private ``_sess`` of an InferenceSession: a ``run`` without the feed checks."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[str], object]] = []
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray], options: object) -> list:
+        self.calls.append((names, list(feed), options))
+        batch = feed["observation"].shape[0]
+        return [np.ones((batch, 3, 3), np.float32), np.ones((batch, 1), np.float32)]
+
+
+def test_ort_runner_calls_the_binding_directly_with_options_prepared_once() -> None:
+    session = FakeSession(["observation"], ["probs", "value"])
+    session._sess = binding = FakeBinding()  # type: ignore[attr-defined]
+    runner = OrtRunner(session)
+    for _ in range(2):
+        probs, value = runner.run(np.zeros((2, 60, 7), np.float32))
+        assert probs.shape == (2, 3, 3) and value.shape == (2, 1) and probs[0, 0, 0] == 1.0
+    assert session.calls == []  # the public run, with its per-call checks, is skipped
+    assert [call[:2] for call in binding.calls] == [(["probs", "value"], ["observation"])] * 2
+    assert binding.calls[0][2] is binding.calls[1][2]
 
 
 def test_ort_runner_refuses_a_graph_with_other_names() -> None:

@@ -1,20 +1,29 @@
-"""Balancer, batcher, cache, rate limiter and config: pure, with fakes and a fake clock."""
+"""Balancer, batcher, cache, rate limiter, config and the inline lane's rule: pure, with
+fakes and a fake clock."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
+import orjson
 import pytest
 
+from models.spec import SPECS
+from server import infer
 from server.balancer import LeastLoaded, PowerOfTwo, RoundRobin, make_balancer
 from server.batching import Batcher
 from server.busypoll import BusyPoll
 from server.cache import ResponseCache, cache_key, observation_digest
 from server.config import BalancerStrategy, ConfigError, ServerConfig, load_config
+from server.errors import Overloaded, WorkerLost
+from server.infer import InferCore, RequestHead
+from server.pool import MODEL_INDEX, MODEL_NAMES
 from server.ratelimit import RateLimiter
+from server.validation import RequestParser
 from tests.fakes import FakeClock
 
 
@@ -89,6 +98,103 @@ def test_batcher_waits_up_to_the_queue_delay() -> None:
         second = batcher.submit(b"b")
         await asyncio.gather(first, second)
         assert [(c[0], c[1]) for c in pool.calls] == [(1, 2)]
+
+    asyncio.run(scenario())
+
+
+class InlinePool(RecordingPool):
+    """Workers that answer at once, plus the front's inline lane, counting where rows ran."""
+
+    prefixes = tuple(b'{"model":"%s","version":"v",' % m.encode() for m in MODEL_NAMES)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inline_rows = 0
+
+    def idle(self) -> bool:
+        return True
+
+    def run_inline(self, model_idx: int, row: bytes) -> tuple[bytes, bytes, int]:
+        self.inline_rows += 1
+        return b'"value":1', self.prefixes[model_idx], 5
+
+
+def test_inline_lane_only_for_one_connection_after_an_idle_gap(monkeypatch) -> None:
+    """A row runs in the front only if its connection has sent every /infer since at least
+    1 ms ago and the front sat idle 10 us before it; two alternating connections always go
+    to the workers, however slowly they alternate."""
+    us = 1_000
+    clock = FakeClock(start=10**12)  # nanoseconds
+    monkeypatch.setattr(infer, "time", SimpleNamespace(perf_counter_ns=clock))
+    body = orjson.dumps({"model": "tactical", "observation": [[0.5] * 7] * 60})
+    a, b = RequestHead([], ("127.0.0.1", 1001)), RequestHead([], ("127.0.0.1", 1002))
+
+    async def scenario() -> list[str]:
+        loop = asyncio.get_running_loop()
+        pool = InlinePool()
+        batchers = [
+            Batcher(i, pool.submit, max_batch_size=8, max_queue_delay_us=0, loop=loop)
+            for i in range(len(MODEL_NAMES))
+        ]
+        monitor = SimpleNamespace(record_request=lambda *_: None)
+        parser = RequestParser(SPECS, MODEL_INDEX, max_batch=4)
+        core = InferCore(
+            ServerConfig(busy_poll_us=0), pool, ResponseCache(0, 0), parser, batchers, monitor
+        )
+        routes, statuses = [], []
+        for head, gap_us in [
+            (a, 5_000), (a, 200),  # a new connection: to the workers for its first 1 ms
+            (a, 900), (a, 200),  # the only one for 1.1 ms: inline
+            (b, 200), (a, 200), (b, 2_000), (a, 2_000),  # alternating: never inline
+            (a, 900), (a, 200),  # a alone again since 0.9 ms, then 1.1 ms
+            (a, 5),  # 5 us after the last answer: the front was not idle
+        ]:  # fmt: skip
+            clock.advance(gap_us * us)
+            inline_before, answered = pool.inline_rows, len(statuses)
+            core.handle(head, body, lambda status, _body, _retry: statuses.append(status))
+            while len(statuses) == answered:
+                await asyncio.sleep(0)
+            assert statuses[answered:] == [200] and core.pending == 0
+            routes.append("inline" if pool.inline_rows > inline_before else "worker")
+        assert sum(c[1] for c in pool.calls) == routes.count("worker")
+        return routes
+
+    assert asyncio.run(scenario()) == [
+        "worker", "worker", "inline", "inline",
+        "worker", "worker", "worker", "worker",
+        "worker", "inline", "worker",
+    ]  # fmt: skip
+
+
+def test_batch_answers_once_with_its_first_error_after_every_row_is_in() -> None:
+    body = orjson.dumps({"model": "tactical", "observations": [[[0.5] * 7] * 60, [[1] * 7] * 60]})
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future] = []
+        pool = SimpleNamespace(prefixes=InlinePool.prefixes, idle=lambda: False)
+        batchers = [
+            Batcher(i, lambda _m, _n, _p, f: futures.extend(f), max_batch_size=8,
+                    max_queue_delay_us=0, loop=loop)
+            for i in range(len(MODEL_NAMES))
+        ]  # fmt: skip
+        monitor = SimpleNamespace(record_request=lambda *_: None)
+        parser = RequestParser(SPECS, MODEL_INDEX, max_batch=4)
+        core = InferCore(ServerConfig(busy_poll_us=0), pool, ResponseCache(0, 0), parser,
+                         batchers, monitor)  # fmt: skip
+        answers = []
+        core.handle(RequestHead([], None), body, lambda *answer: answers.append(answer))
+        await asyncio.sleep(0)
+        assert len(futures) == 2 and core.pending == 1
+        futures[0].set_exception(WorkerLost("the worker serving this request died; retry"))
+        await asyncio.sleep(0)
+        assert answers == [] and core.pending == 1, "the other row is still with a worker"
+        futures[1].set_exception(Overloaded("later"))
+        await asyncio.sleep(0)
+        assert core.pending == 0
+        ((status, payload, retry),) = answers
+        assert (status, retry) == (503, 1)
+        assert orjson.loads(payload)["error"]["code"] == "worker_lost"
 
     asyncio.run(scenario())
 
