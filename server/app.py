@@ -1,5 +1,6 @@
-"""Routes and lifespan. ``POST /infer`` is a raw ASGI route in front of FastAPI (the hot
-path skips routing, pydantic and response classes); every other endpoint is FastAPI."""
+"""Routes and lifespan. The inference routes (``routes.py``) are raw ASGI in front of
+FastAPI (the hot path skips routing, pydantic and response classes); every other endpoint
+is FastAPI."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitoring import PROMETHEUS_CONTENT_TYPE
+from server.asgi_route import asgi_post, send_answer
+from server.codecs.base import JSON, retry_headers
 from server.config import ServerConfig
 from server.errors import ApiError, NoHealthyWorker, error_body
-from server.infer import RequestHead, asgi_infer, send_error
 from server.pool import MODEL_NAMES
 from server.runtime import ReloadRefused, Runtime
 
@@ -153,8 +155,12 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
     async def reload(request: Request) -> Response:
         if runtime.core is None:
             return _starting()
+        key = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if key is None and bearer[:7].lower() == "bearer ":
+            key = bearer[7:]
         try:
-            runtime.core.check_api_key(RequestHead(request.scope["headers"], None))
+            runtime.core.check_api_key(key.encode() if key is not None else None)
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
         try:
@@ -173,20 +179,24 @@ async def _reload_logged(runtime: Runtime) -> None:
 
 
 class ServerApp:
-    """The ASGI entry: ``POST /infer`` straight to the hot-path handler, the rest to FastAPI."""
+    """The ASGI entry: the inference routes straight to their codecs, the rest to FastAPI."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.runtime = Runtime(config)
         self.api = build_api(self.runtime)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/infer":
-            core = self.runtime.core
-            if core is None:
-                await send_error(send, NoHealthyWorker("the server is still starting"))
+        if scope["type"] == "http":
+            routes = self.runtime.routes
+            path = scope.get("raw_path") or scope["path"].encode()
+            endpoint = routes.match(path) if routes is not None else None
+            if endpoint is not None:
+                await asgi_post(endpoint, scope, receive, send)
                 return
-            await asgi_infer(core, scope, receive, send)
-            return
+            if routes is None and path == b"/infer":
+                error = NoHealthyWorker("the server is still starting")
+                await send_answer(send, error.status, JSON, error.body(), retry_headers(error))
+                return
         await self.api(scope, receive, send)
 
 

@@ -58,6 +58,11 @@ class InvalidObservation(ApiError):
     code = "invalid_observation"
 
 
+class NonFiniteOutput(ApiError):
+    status = 422
+    code = "non_finite_output"
+
+
 class RateLimited(ApiError):
     status = 429
     code = "rate_limited"

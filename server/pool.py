@@ -28,16 +28,19 @@ from models.spec import SPECS
 from monitoring import WorkerSnapshot
 from server import protocol
 from server.balancer import Balancer, make_balancer
+from server.cache import key_prefix
 from server.config import ServerConfig
 from server.errors import (
     ApiError,
     InferenceTimeout,
     NoHealthyWorker,
+    NonFiniteOutput,
     Overloaded,
     ShuttingDown,
     WorkerFailed,
     WorkerLost,
 )
+from server.outputs import ROW_BYTES
 
 log = logging.getLogger("server.pool")
 
@@ -78,7 +81,7 @@ class WorkerHandle:
     served: int = 0
     restarts: int = 0
     versions: dict[str, str] = field(default_factory=dict)
-    prefixes: tuple[bytes, ...] = ()
+    model_versions: tuple[str, ...] = ()  # by model index
     pending: dict[int, Pending] = field(default_factory=dict)
     ready: asyncio.Future | None = None
 
@@ -87,12 +90,16 @@ class WorkerHandle:
         return self.process.pid
 
 
-# result of one row: (JSON fragment, response prefix naming model and version, inference ns)
-RowResult = tuple[bytes, bytes, int]
+# result of one row: (outputs, the version that computed them, inference ns)
+RowResult = tuple[bytes, str, int]
 
 
-def response_prefix(model: str, version: str) -> bytes:
-    return b'{"model":' + orjson.dumps(model) + b',"version":' + orjson.dumps(version) + b","
+def non_finite(model_idx: int) -> NonFiniteOutput:
+    return NonFiniteOutput(
+        f"{MODEL_NAMES[model_idx]} cannot compute finite outputs for this observation (the "
+        "model overflows on values of this magnitude); send z-scored or otherwise "
+        "normalised features"
+    )
 
 
 class WorkerPool:
@@ -109,8 +116,9 @@ class WorkerPool:
         self.active: list[WorkerHandle] = []
         self.draining: list[WorkerHandle] = []
         self.versions: dict[str, str] = {}
-        # response prefixes ('{"model":..,"version":..,') of the generation now serving
-        self.prefixes: tuple[bytes, ...] = ()
+        # of the generation now serving, by model index: its versions and cache key prefixes
+        self.model_versions: tuple[str, ...] = ()
+        self.key_prefixes: tuple[bytes, ...] = ()
         self.inline: list | None = None
         self._pid = os.getpid()
         self._ids = itertools.count(1)
@@ -136,7 +144,8 @@ class WorkerPool:
         inline = await self._load_inline(versions)
         self.active = fresh
         self.versions = versions
-        self.prefixes = fresh[0].prefixes
+        self.model_versions = fresh[0].model_versions
+        self.key_prefixes = tuple(key_prefix(i, v) for i, v in enumerate(fresh[0].model_versions))
         self.inline = inline
 
     async def _load_inline(self, versions: dict[str, str]) -> list | None:
@@ -240,12 +249,14 @@ class WorkerPool:
         assert self.inline is not None
         start = time.perf_counter_ns()
         try:
-            fragment = self.inline[model_idx].infer(memoryview(bytearray(row)), 1)[0]
+            out, finite = self.inline[model_idx].infer(memoryview(bytearray(row)), 1)
         except Exception as exc:
             raise WorkerFailed(f"inference failed: {type(exc).__name__}: {exc}") from None
         elapsed = time.perf_counter_ns() - start
         self._on_batch(MODEL_NAMES[model_idx], 1, elapsed / 1000.0, self._pid)
-        return fragment, self.prefixes[model_idx], elapsed
+        if not finite[0]:
+            raise non_finite(model_idx)
+        return out.tobytes(), self.model_versions[model_idx], elapsed
 
     def _eligible(self, rows: int, exclude: WorkerHandle | None) -> list[WorkerHandle]:
         limit = self._limit - rows
@@ -333,19 +344,28 @@ class WorkerPool:
             self._fail(pending, WorkerFailed(f"inference failed: {message}"))
         else:
             worker.served += pending.rows
-            prefix = worker.prefixes[pending.model_idx]
-            fragments = protocol.unpack_fragments(frame, rows)
-            for fut, fragment in zip(pending.futures, fragments, strict=True):
-                if not fut.done():
-                    fut.set_result((fragment, prefix, elapsed_ns))
+            self._resolve(pending, frame, worker.model_versions[pending.model_idx], elapsed_ns)
             self._on_batch(MODEL_NAMES[pending.model_idx], rows, elapsed_ns / 1000.0, worker.pid)
         if worker.state is WorkerState.DRAINING and not worker.pending:
             self._retire(worker)
 
+    @staticmethod
+    def _resolve(pending: Pending, frame: bytes, version: str, elapsed_ns: int) -> None:
+        status = protocol.REPLY.size
+        offset = status + pending.rows
+        for fut in pending.futures:
+            if not fut.done():
+                if frame[status] == protocol.ROW_FINITE:
+                    fut.set_result((frame[offset : offset + ROW_BYTES], version, elapsed_ns))
+                else:
+                    fut.set_exception(non_finite(pending.model_idx))
+            status += 1
+            offset += ROW_BYTES
+
     def _on_ready(self, worker: WorkerHandle, frame: bytes) -> None:
         info = orjson.loads(frame[protocol.REPLY.size :])
         worker.versions = info["versions"]
-        worker.prefixes = tuple(response_prefix(m, worker.versions[m]) for m in MODEL_NAMES)
+        worker.model_versions = tuple(worker.versions[m] for m in MODEL_NAMES)
         worker.state = WorkerState.READY
         if worker.ready is not None and not worker.ready.done():
             worker.ready.set_result(None)

@@ -14,10 +14,12 @@ from monitoring import Monitor, MonitorConfig, WorkerSnapshot
 from optimize.loader import verify_artifacts
 from server.batching import Batcher
 from server.cache import ResponseCache
+from server.codecs.native import NativeEndpoint
 from server.config import ServerConfig
-from server.infer import InferCore
+from server.core import InferCore
 from server.pool import MODEL_INDEX, MODEL_NAMES, WorkerPool
 from server.ratelimit import RateLimiter
+from server.routes import Routes
 from server.validation import RequestParser
 
 log = logging.getLogger("server")
@@ -50,6 +52,7 @@ class Runtime:
         self.manifest: Any = None
         self.pool: WorkerPool | None = None
         self.core: InferCore | None = None
+        self.routes: Routes | None = None
         self.monitor: Monitor | None = None
         self.cache = ResponseCache(config.cache_size, config.cache_ttl_s)
         self._ticker: asyncio.Task | None = None
@@ -82,15 +85,11 @@ class Runtime:
             if self.config.rate_limit_rps > 0
             else None
         )
-        self.core = InferCore(
-            self.config,
-            pool,
-            self.cache,
-            RequestParser(SPECS, MODEL_INDEX, self.config.max_request_batch),
-            batchers,
-            self.monitor,
-            rate_limiter=limiter,
+        self.core = core = InferCore(
+            self.config, pool, self.cache, batchers, self.monitor, rate_limiter=limiter
         )
+        parser = RequestParser(SPECS, MODEL_INDEX, self.config.max_request_batch)
+        self.routes = Routes(NativeEndpoint(core, parser))
         self._ticker = loop.create_task(self._tick_forever())
         # Everything loaded so far (runtimes, modules, models) lives as long as the server:
         # keep it out of the collector's full passes.

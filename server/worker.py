@@ -21,9 +21,10 @@ import numpy as np
 import orjson
 
 from models.ensemble import EnsembleRule
-from models.spec import ACTIONS, SPECS
+from models.spec import SPECS
 from server import protocol
 from server.config import ServerConfig, config_from_json_dict
+from server.outputs import row_outputs
 
 _PR_SET_PDEATHSIG = 1
 
@@ -37,7 +38,7 @@ def _die_with_parent() -> None:
 
 
 class ModelEndpoint:
-    """One loaded model: runs a batch and renders each row's JSON fragment."""
+    """One loaded model: runs a batch into the rows' outputs (``server.outputs``)."""
 
     def __init__(self, served, rule: EnsembleRule) -> None:
         self.served = served
@@ -45,25 +46,11 @@ class ModelEndpoint:
         self.spec = rule.spec
         self.shape = self.spec.observation_shape
 
-    def infer(self, payload: memoryview, rows: int) -> list[bytes]:
+    def infer(self, payload: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows x 12 float32 outputs, per row: all finite)."""
         obs = np.frombuffer(payload, dtype=np.float32).reshape(rows, *self.shape)
         probs, value = self.served.runner.run(obs)
-        action, confidence = self.rule.decide(probs)
-        out = []
-        agents = self.spec.agents
-        for i in range(rows):
-            row = probs[i]
-            body = orjson.dumps(
-                {
-                    "action": ACTIONS[action[i]],
-                    "confidence": confidence[i],
-                    "agents": {name: row[a] for a, name in enumerate(agents)},
-                    "value": value[i, 0],
-                },
-                option=orjson.OPT_SERIALIZE_NUMPY,
-            )
-            out.append(body[1:-1])
-        return out
+        return row_outputs(probs, value, self.rule)
 
 
 def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
@@ -114,15 +101,14 @@ def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
         req_id, model_idx, rows = header.unpack_from(buffer)
         start = clock()
         try:
-            fragments = endpoints[model_idx].infer(view[head:size], rows)
+            out, finite = endpoints[model_idx].infer(view[head:size], rows)
         except Exception as exc:  # answer, never die: the front turns this into a 500
             message = f"{type(exc).__name__}: {exc}".encode()[:4000]
             sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
             continue
         elapsed = min(clock() - start, 0xFFFFFFFF)
-        sock.send(
-            reply.pack(req_id, protocol.KIND_OK, rows, elapsed) + protocol.pack_fragments(fragments)
-        )
+        status = (~finite).view(np.uint8).tobytes()
+        sock.send(reply.pack(req_id, protocol.KIND_OK, rows, elapsed) + status + out.tobytes())
 
 
 def main(argv: list[str] | None = None) -> int:
