@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench clean proto
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -27,6 +27,12 @@ test: lint
 
 bench: install
 	$(PY) -m benchmarks compare
+
+# The Open Inference Protocol's gRPC modules are committed; regenerate after editing the .proto.
+proto: install
+	$(PY) -m pip install --quiet -c constraints.txt 'grpcio-tools>=1.81.1'
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+		server/oip_proto/inference.proto
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache

@@ -19,8 +19,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from monitoring import PROMETHEUS_CONTENT_TYPE
 from server.asgi_route import asgi_post, send_answer
 from server.codecs.base import JSON, retry_headers
+from server.codecs.oip_rest import error_body as oip_error_body
 from server.config import ServerConfig
 from server.errors import ApiError, NoHealthyWorker, error_body
+from server.oip_routes import add_oip_routes, oip_error
 from server.pool import MODEL_NAMES
 from server.runtime import ReloadRefused, Runtime
 
@@ -92,15 +94,20 @@ def build_api(runtime: Runtime) -> FastAPI:
     )
 
     @api.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/v2"):
+            return oip_error(exc.status_code, f"{exc.detail}: {request.url.path}")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
     @api.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/v2"):
+            return oip_error(400, str(exc.errors()))
         return _error(422, "invalid_request", str(exc.errors()))
 
     _add_operations(api, runtime)
+    add_oip_routes(api, runtime)
     return api
 
 
@@ -193,9 +200,10 @@ class ServerApp:
             if endpoint is not None:
                 await asgi_post(endpoint, scope, receive, send)
                 return
-            if routes is None and path == b"/infer":
+            if routes is None and scope["method"] == "POST":
                 error = NoHealthyWorker("the server is still starting")
-                await send_answer(send, error.status, JSON, error.body(), retry_headers(error))
+                body = error.body() if path == b"/infer" else oip_error_body(error.message)
+                await send_answer(send, error.status, JSON, body, retry_headers(error))
                 return
         await self.api(scope, receive, send)
 

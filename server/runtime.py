@@ -15,6 +15,7 @@ from optimize.loader import verify_artifacts
 from server.batching import Batcher
 from server.cache import ResponseCache
 from server.codecs.native import NativeEndpoint
+from server.codecs.oip_rest import OipRestEndpoint
 from server.config import ServerConfig
 from server.core import InferCore
 from server.pool import MODEL_INDEX, MODEL_NAMES, WorkerPool
@@ -89,7 +90,9 @@ class Runtime:
             self.config, pool, self.cache, batchers, self.monitor, rate_limiter=limiter
         )
         parser = RequestParser(SPECS, MODEL_INDEX, self.config.max_request_batch)
-        self.routes = Routes(NativeEndpoint(core, parser))
+        self.routes = Routes(
+            NativeEndpoint(core, parser), OipRestEndpoint(core, self.config.max_request_batch)
+        )
         self._ticker = loop.create_task(self._tick_forever())
         # Everything loaded so far (runtimes, modules, models) lives as long as the server:
         # keep it out of the collector's full passes.
