@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int | None = None
     artifacts_dir: Path = Path("artifacts")
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     balancer: BalancerStrategy = BalancerStrategy.LEAST_LOADED
@@ -86,6 +87,11 @@ def _check(condition: bool, message: str) -> None:
 
 def _validate(c: ServerConfig) -> None:
     _check(0 <= c.port <= 65535, f"port {c.port} is out of range; write a port from 0 to 65535")
+    _check(
+        c.grpc_port is None or 0 <= c.grpc_port <= 65535,
+        f"grpc_port {c.grpc_port} is out of range; write a port from 0 to 65535, or leave it "
+        "out to serve no gRPC",
+    )
     _check(1 <= c.workers <= 64, f"workers={c.workers}; write a count from 1 to 64")
     _check(c.cache_size >= 0, f"cache_size={c.cache_size}; write 0 to turn the cache off")
     _check(c.cache_ttl_s >= 0, f"cache_ttl_s={c.cache_ttl_s}; write a TTL in seconds >= 0")
@@ -169,6 +175,8 @@ def _converter(name: str, default: Any) -> Any:
         return Path
     if name in {"api_key", "alert_webhook_url"}:
         return str
+    if name == "grpc_port":
+        return int
     if isinstance(default, bool):
         return _parse_bool
     if isinstance(default, int):

@@ -57,7 +57,8 @@ class Job:
         """Every row's outputs, in order, computed by ``version``."""
         raise NotImplementedError
 
-    def refuse(self, error: ApiError) -> None:
+    def refuse(self, error: ApiError) -> int:
+        """Sends ``error``; returns the status it was answered with, for the statistics."""
         raise NotImplementedError
 
 
@@ -127,10 +128,10 @@ class InferCore:
         self._last_done_ns = now
         self.busy_poll.arm()
         model = MODEL_NAMES[job.model_idx] if job.model_idx >= 0 else ""
+        status = job.refuse(error)
         self.monitor.record_request(
-            model, error.status, (now - job.start_ns) / _NS_PER_US, 0, 0, 0, 0, False
+            model, status, (time.perf_counter_ns() - job.start_ns) / _NS_PER_US, 0, 0, 0, 0, False
         )
-        job.refuse(error)
 
     def submit(self, job: Job, alone: bool = False) -> None:
         """Answers ``job`` exactly once, now or when its rows are computed. ``alone``: from

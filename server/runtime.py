@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.spec import SPECS
 from monitoring import Monitor, MonitorConfig, WorkerSnapshot
@@ -16,6 +16,9 @@ from server.batching import Batcher
 from server.cache import ResponseCache
 from server.codecs.native import NativeEndpoint
 from server.codecs.oip_rest import OipRestEndpoint
+
+if TYPE_CHECKING:
+    from server.grpc_front import GrpcFront
 from server.config import ServerConfig
 from server.core import InferCore
 from server.pool import MODEL_INDEX, MODEL_NAMES, WorkerPool
@@ -54,6 +57,7 @@ class Runtime:
         self.pool: WorkerPool | None = None
         self.core: InferCore | None = None
         self.routes: Routes | None = None
+        self.grpc: GrpcFront | None = None
         self.monitor: Monitor | None = None
         self.cache = ResponseCache(config.cache_size, config.cache_ttl_s)
         self._ticker: asyncio.Task | None = None
@@ -93,6 +97,12 @@ class Runtime:
         self.routes = Routes(
             NativeEndpoint(core, parser), OipRestEndpoint(core, self.config.max_request_batch)
         )
+        if self.config.grpc_port is not None:
+            # imported only when asked for: grpc costs the front memory it need not carry
+            from server.grpc_front import GrpcFront
+
+            self.grpc = GrpcFront(self.config, core, self)
+            await self.grpc.start()
         self._ticker = loop.create_task(self._tick_forever())
         # Everything loaded so far (runtimes, modules, models) lives as long as the server:
         # keep it out of the collector's full passes.
@@ -106,6 +116,8 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
         if self.core is not None:
             self.core.accepting = False
         if self._ticker is not None:

@@ -73,8 +73,9 @@ class NativeJob(Job):
             body = prefix + fragments[0] + (_CACHED if cached[0] else _FRESH)
         self.respond(200, JSON, body, NO_HEADERS)
 
-    def refuse(self, error: ApiError) -> None:
+    def refuse(self, error: ApiError) -> int:
         self.respond(error.status, JSON, error.body(), retry_headers(error))
+        return error.status
 
 
 class NativeEndpoint:

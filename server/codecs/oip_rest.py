@@ -71,9 +71,10 @@ class OipJob(Job):
         headers: Headers = ((b"inference-header-content-length", str(len(header)).encode()),)
         self.respond(200, OCTET_STREAM, b"".join([header, *binary]), headers)
 
-    def refuse(self, error: ApiError) -> None:
+    def refuse(self, error: ApiError) -> int:
         status, message = oip.as_protocol_error(error)
         self.respond(status, JSON, error_body(message), retry_headers(error))
+        return status
 
 
 class OipRestEndpoint:
