@@ -11,7 +11,7 @@ import uvicorn
 from optimize.loader import ManifestError, verify_artifacts
 from server.app import create_app
 from server.config import ConfigError, ServerConfig, load_config
-from server.fastlane import fast_lane_protocol
+from server.fastlane import http_protocol
 
 
 def ensure_artifacts(config: ServerConfig) -> None:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http=fast_lane_protocol(app.runtime) if config.fast_lane else "httptools",
+        http=http_protocol(app.runtime) if config.fast_lane else "httptools",
         proxy_headers=False,
         lifespan="on",
         access_log=False,

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitoring import PROMETHEUS_CONTENT_TYPE
 from server.asgi_route import asgi_post, send_answer
+from server.breaker import breaker_alerts, breaker_metrics
 from server.codecs.base import JSON, retry_headers
 from server.codecs.oip_rest import error_body as oip_error_body
 from server.config import ServerConfig
@@ -143,19 +144,29 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
             "coalesced": cache.coalesced,
             "hit_rate": cache.hit_rate,
         }
+        if runtime.core is not None:
+            data["circuit_breakers"] = {
+                name: b.snapshot()
+                for name, b in zip(MODEL_NAMES, runtime.core.breakers, strict=True)
+            }
         return JSONResponse(data)
 
     @api.api_route("/alerts", methods=["GET", "HEAD"])
     async def alerts() -> Response:
         if runtime.monitor is None:
             return _starting()
-        return JSONResponse(runtime.monitor.alerts())
+        data = runtime.monitor.alerts()
+        if runtime.core is not None:
+            data["firing"] += breaker_alerts(MODEL_NAMES, runtime.core.breakers)
+        return JSONResponse(data)
 
     @api.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics() -> Response:
         if runtime.monitor is None:
             return _starting()
         body = runtime.monitor.prometheus_text(runtime.workers())
+        if runtime.core is not None:
+            body += breaker_metrics(MODEL_NAMES, runtime.core.breakers)
         return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
 
     @api.post("/admin/reload")

@@ -42,6 +42,9 @@ class ServerConfig:
     max_request_batch: int = 256
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout_s: float = 2.0
+    latency_budget_ms: float = 5.0
+    breaker_failures: int = 5
+    breaker_open_s: float = 5.0
     max_inflight_per_worker: int = 512
     worker_threads: int = 1
     inline_when_idle: bool = True
@@ -106,6 +109,15 @@ def _validate(c: ServerConfig) -> None:
     _check(c.max_request_batch >= 1, "max_request_batch must be at least 1")
     _check(c.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
     _check(c.request_timeout_s > 0, "request_timeout_s must be > 0, e.g. 2.0")
+    _check(
+        0 <= c.latency_budget_ms <= 60_000,
+        f"latency_budget_ms={c.latency_budget_ms}; write milliseconds, e.g. 5 (0 admits all)",
+    )
+    _check(
+        c.breaker_failures >= 0,
+        f"breaker_failures={c.breaker_failures}; write a count, e.g. 5 (0: no circuit breaker)",
+    )
+    _check(c.breaker_open_s > 0, f"breaker_open_s={c.breaker_open_s}; write seconds, e.g. 5")
     _check(
         c.max_inflight_per_worker >= c.max_batch_size,
         f"max_inflight_per_worker={c.max_inflight_per_worker} is below max_batch_size="

@@ -15,12 +15,17 @@ import time
 from typing import Any
 
 from server.batching import Batcher
+from server.breaker import CircuitBreaker
 from server.busypoll import BusyPoll
 from server.cache import ResponseCache, cache_key
 from server.config import ServerConfig
 from server.errors import (
     ApiError,
+    CircuitOpen,
+    InferenceTimeout,
     NoHealthyWorker,
+    NonFiniteOutput,
+    Overloaded,
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
@@ -38,6 +43,9 @@ _NS_PER_US = 1000.0
 # with inline runs allowed on idle gaps alone, 24,400 with none (two A/B pairs).
 _IDLE_GAP_NS = 10_000
 _ONE_PEER_NS = 1_000_000
+_SATURATION_WINDOW_NS = 100_000_000
+_SATURATED_PASSES = 3
+_NEVER = 1 << 62
 
 
 class Job:
@@ -85,9 +93,18 @@ class InferCore:
         self._last_done_ns = 0
         self._last_peer: object = None
         self._shared_until_ns = 0
-        self.busy_poll = BusyPoll(
-            asyncio.get_running_loop(), config.busy_poll_us, lambda: self.pending != 0
-        )
+        self._loop = asyncio.get_running_loop()
+        self.busy_poll = BusyPoll(self._loop, config.busy_poll_us, lambda: self.pending != 0)
+        self._budget_ns = int(config.latency_budget_ms * 1e6)  # 0: admission off
+        self._budget_text = f"{config.latency_budget_ms:g} ms"
+        self._pass_start_ns = 0
+        self._shedding = False
+        self._window_min_ns = _NEVER
+        self._window_passes = 0
+        self._window_end_ns = 0
+        self.breakers = [
+            CircuitBreaker(config.breaker_failures, config.breaker_open_s) for _ in MODEL_NAMES
+        ]
 
     # ------------------------------------------------------------------ checks
 
@@ -120,6 +137,41 @@ class InferCore:
             and now_ns - self._last_done_ns > _IDLE_GAP_NS
             and self.pending == 0
         )
+
+    def admit(self, now_ns: int) -> None:
+        """Refuses (503 at once, before parsing) a request that cannot start within the
+        latency budget: a fast no under overload instead of a slow yes. Its wait is the
+        shortest worker queue, plus, while the front is saturated, the time it has already
+        waited in this event-loop pass behind the requests handled before it."""
+        if not self._budget_ns:
+            return
+        lag = 0
+        if self._pass_start_ns == 0:
+            self._pass_start_ns = now_ns
+            self._loop.call_soon(self._end_pass)
+        elif self._shedding:
+            lag = now_ns - self._pass_start_ns
+        if lag + self.pool.wait_ns() > self._budget_ns:
+            raise Overloaded(
+                f"the server cannot start this request within its {self._budget_text} latency "
+                "budget; retry after the Retry-After delay"
+            )
+
+    def _end_pass(self) -> None:
+        """The front is saturated when every pass of the last window (100 ms, at least
+        three passes) took the budget or longer: one long pass (a GC, a descheduled
+        process, a few large batch requests) sheds nothing."""
+        now = time.perf_counter_ns()
+        self._window_min_ns = min(self._window_min_ns, now - self._pass_start_ns)
+        self._window_passes += 1
+        self._pass_start_ns = 0
+        if now >= self._window_end_ns:
+            self._shedding = (
+                self._window_passes >= _SATURATED_PASSES and self._window_min_ns >= self._budget_ns
+            )
+            self._window_min_ns = _NEVER
+            self._window_passes = 0
+            self._window_end_ns = now + _SATURATION_WINDOW_NS
 
     # ------------------------------------------------------------------ handling
 
@@ -155,12 +207,17 @@ class InferCore:
             return
         looked_up = time.perf_counter_ns()
         fut = self.cache.joining(key)
+        breaker = self.breakers[idx]
         if fut is None:
+            if not breaker.allow():
+                return self.reject(job, _circuit_open(idx, breaker))
             if alone and self.pool.idle():
                 try:
                     outputs, version, inference_ns = self.pool.run_inline(idx, row)
                 except ApiError as error:
+                    _count(breaker, error)
                     return self.reject(job, error)
+                breaker.success()
                 self.cache.put(key, outputs)
                 done = time.perf_counter_ns()
                 job.answer(version, [outputs], [False])
@@ -173,7 +230,10 @@ class InferCore:
             self.pending -= 1
             error = f.exception()
             if error is not None:
-                return self.reject(job, _as_api_error(error))
+                error = _as_api_error(error)
+                _count(breaker, error)
+                return self.reject(job, error)
+            breaker.success()
             outputs, version, inference_ns = f.result()
             finished = time.perf_counter_ns()
             job.answer(version, [outputs], [False])
@@ -195,6 +255,7 @@ class InferCore:
         outputs: list = [None] * n
         cached = [False] * n
         futures: list[tuple[int, asyncio.Future]] = []
+        misses = []
         for i, row in enumerate(job.rows):
             key = cache_key(prefix, row)
             hit = cache.get(key)
@@ -202,8 +263,16 @@ class InferCore:
                 outputs[i] = hit
                 cached[i] = True
                 continue
-            fut = cache.joining(key) or self._queue(idx, key, row)
-            futures.append((i, fut))
+            fut = cache.joining(key)
+            if fut is None:
+                misses.append((i, key, row))
+            else:
+                futures.append((i, fut))
+        if misses:
+            breaker = self.breakers[idx]
+            if not breaker.allow():
+                return self.reject(job, _circuit_open(idx, breaker))
+            futures.extend((i, self._queue(idx, key, row)) for i, key, row in misses)
         RowsAnswer(self, job, outputs, cached, time.perf_counter_ns()).wait(futures)
 
     def record_ok(
@@ -269,12 +338,35 @@ class RowsAnswer:
             self._answer()
 
     def _answer(self) -> None:
+        breaker = self.core.breakers[self.job.model_idx]
         if self.error is not None:
+            _count(breaker, self.error)
             return self.core.reject(self.job, self.error)
+        if self.inference_ns:
+            breaker.success()
         done = time.perf_counter_ns()
         self.job.answer(self.version, self.outputs, self.cached)
         all_cached = self.inference_ns == 0 and all(self.cached)
         self.core.record_ok(self.job, self.looked_up, done, self.inference_ns, all_cached)
+
+
+def _count(breaker: CircuitBreaker, error: ApiError) -> None:
+    """Failures of the model's calls count against its circuit; a refusal does not (a 503
+    for overload or a lost worker says nothing about the model)."""
+    if isinstance(error, WorkerFailed | InferenceTimeout):
+        breaker.failure()
+    elif isinstance(error, NonFiniteOutput):  # the model answered, for this input
+        breaker.success()
+    else:
+        breaker.release()
+
+
+def _circuit_open(idx: int, breaker: CircuitBreaker) -> CircuitOpen:
+    return CircuitOpen(
+        f"{MODEL_NAMES[idx]}'s calls keep failing or timing out, so its circuit is open; "
+        "retry after the Retry-After delay, when a probe call will test it again",
+        breaker.retry_after_s,
+    )
 
 
 def _as_api_error(error: BaseException) -> ApiError:

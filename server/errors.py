@@ -81,6 +81,16 @@ class NoHealthyWorker(ApiError):
     retry_after_s = 2
 
 
+class CircuitOpen(ApiError):
+    status = 503
+    code = "circuit_open"
+    retry_after_s = 1
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class WorkerLost(ApiError):
     status = 503
     code = "worker_lost"

@@ -11,14 +11,31 @@ the ASGI app unchanged.
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.codecs.base import Endpoint, Headers, Respond
-from server.errors import ApiError
+from server.errors import ApiError, error_body
 from server.head import RequestHead
+
+log = logging.getLogger("server")
+# What the fast lane overrides or reads of uvicorn's protocol (uvicorn internals: the
+# version range in pyproject.toml is the one tested; start-up checks these are still there)
+_METHODS = (
+    "on_message_begin",
+    "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+    "on_response_complete",
+    "shutdown",
+    "send_400_response",
+)
+_STATE = ("cycle", "url", "headers", "expect_100_continue", "parser", "transport", "client")
+_STATE += ("server_state", "loop")
 
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 # On shutdown an idle keep-alive connection stays open this long, so that a request the
@@ -156,6 +173,17 @@ class FastLaneProtocol(HttpToolsProtocol):
             return
         self.on_response_complete()
 
+    def send_400_response(self, msg: str) -> None:
+        """The HTTP layer's own refusal (a garbage request line, a bad chunk size), in the
+        contract's JSON error shape instead of uvicorn's plain text."""
+        body = error_body("bad_http_request", f"{msg} Send a well-formed HTTP/1.1 request.")
+        parts = [_STATUS[400], self._default_headers()]
+        parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        parts.append(b"connection: close\r\n\r\n")
+        parts.append(body)
+        self.transport.write(b"".join(parts))
+        self.transport.close()
+
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: finish what is in flight, close after it."""
         self._draining = True
@@ -177,6 +205,30 @@ class FastLaneProtocol(HttpToolsProtocol):
             rendered = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
             self._date = (headers, rendered)
         return rendered
+
+
+def missing_hooks(base: type = HttpToolsProtocol) -> list[str]:
+    """What the fast lane needs of uvicorn's protocol and ``base`` lacks."""
+    missing = [name for name in _METHODS if not callable(getattr(base, name, None))]
+    try:
+        source = inspect.getsource(base)
+    except (OSError, TypeError):
+        return [*missing, "source"]
+    return missing + [name for name in _STATE if f"self.{name}" not in source]
+
+
+def http_protocol(runtime: Any, *, base: type = HttpToolsProtocol) -> type | str:
+    """uvicorn's ``http=``: the fast lane, or plain httptools (every request through ASGI,
+    same answers, slower) when this uvicorn lacks what the fast lane hooks into."""
+    missing = missing_hooks(base)
+    if missing:
+        log.warning(
+            "fast lane off: this uvicorn's httptools protocol lacks %s; serving every request "
+            "through ASGI (install a uvicorn within the range pyproject.toml names)",
+            ", ".join(missing),
+        )
+        return "httptools"
+    return fast_lane_protocol(runtime)
 
 
 def fast_lane_protocol(runtime: Any) -> type[HttpToolsProtocol]:

@@ -130,6 +130,10 @@ class WorkerPool:
             config.to_json_dict()
         )
         self._timeout_s = config.request_timeout_s
+        self._inline_when_idle = config.inline_when_idle
+        # worker-measured time of one batch (EWMA): with each worker's queue of batches, what
+        # a new row waits before it starts
+        self.batch_ns = 50_000.0
         self._limit = config.max_inflight_per_worker
         self._background: set[asyncio.Task] = set()
 
@@ -149,11 +153,10 @@ class WorkerPool:
         self.inline = inline
 
     async def _load_inline(self, versions: dict[str, str]) -> list | None:
-        """The front's own copy of the models, for a lone request while every worker is idle:
-        at low load the hop to a worker (two wake-ups, cold caches) costs several times the
-        model itself."""
-        if not self.config.inline_when_idle:
-            return None
+        """The front's own copy of the models: for a lone request while every worker is idle
+        (at low load the hop to a worker, two wake-ups and cold caches, costs several times
+        the model itself), and for every request while no worker is ready (a crash, until
+        its replacement has warmed up)."""
         from server.worker import load_endpoints
 
         loop = asyncio.get_running_loop()
@@ -235,9 +238,8 @@ class WorkerPool:
         self._dispatch(Pending(req_id, model_idx, rows, frame, futures), exclude=None)
 
     def idle(self) -> bool:
-        """Every worker ready and without work: the inline lane may take a lone row. It is
-        an accelerator, not a substitute: with no healthy worker requests get 503."""
-        if self.inline is None:
+        """Every worker ready and without work: the inline lane may take a lone row."""
+        if self.inline is None or not self._inline_when_idle:
             return False
         for w in self.active:  # noqa: SIM110 - no generator on the hot path
             if w.in_flight or w.state is not WorkerState.READY:
@@ -270,18 +272,42 @@ class WorkerPool:
         if self._closing:
             return self._fail(pending, ShuttingDown("the server is shutting down; retry later"))
         eligible = self._eligible(pending.rows, exclude)
-        if not eligible:
+        while eligible:
+            worker = self.balancer.choose(eligible)
+            try:
+                worker.sock.send(pending.frame)
+                break
+            except BlockingIOError:  # its socket buffer is full: another worker may take it
+                eligible.remove(worker)
+            except OSError:  # it has just died: a broken pipe before its EOF was read
+                eligible.remove(worker)
+                self._on_worker_lost(worker)
+        else:
+            if self.inline is not None and not self.ready():
+                return self._run_in_front(pending)
             return self._fail(pending, self._unavailable_error())
-        worker = self.balancer.choose(eligible)
-        try:
-            worker.sock.send(pending.frame)
-        except (BlockingIOError, OSError):
-            return self._fail(pending, Overloaded("worker queue is full; retry shortly"))
         worker.pending[pending.req_id] = pending
         worker.in_flight += pending.rows
         pending.timer = asyncio.get_running_loop().call_later(
             self._timeout_s, self._expire, worker, pending
         )
+
+    def _run_in_front(self, pending: Pending) -> None:
+        """No worker is ready (they crashed, or are still warming up): the front answers from
+        its own copy rather than refusing. Isolation comes back with the first ready worker."""
+        assert self.inline is not None
+        header = protocol.REQUEST.size
+        start = time.perf_counter_ns()
+        try:
+            out, finite = self.inline[pending.model_idx].infer(
+                memoryview(bytearray(pending.frame))[header:], pending.rows
+            )
+        except Exception as exc:
+            return self._fail(pending, WorkerFailed(f"inference failed: {type(exc).__name__}"))
+        elapsed = time.perf_counter_ns() - start
+        frame = bytes(protocol.REPLY.size) + (~finite).view("u1").tobytes() + out.tobytes()
+        self._resolve(pending, frame, self.model_versions[pending.model_idx], elapsed)
+        self._on_batch(MODEL_NAMES[pending.model_idx], pending.rows, elapsed / 1000.0, self._pid)
 
     def _unavailable_error(self) -> ApiError:
         if any(w.state is WorkerState.READY for w in self.active):
@@ -346,6 +372,7 @@ class WorkerPool:
             worker.served += pending.rows
             self._resolve(pending, frame, worker.model_versions[pending.model_idx], elapsed_ns)
             self._on_batch(MODEL_NAMES[pending.model_idx], rows, elapsed_ns / 1000.0, worker.pid)
+            self.batch_ns += (elapsed_ns - self.batch_ns) * 0.05
         if worker.state is WorkerState.DRAINING and not worker.pending:
             self._retire(worker)
 
@@ -469,6 +496,15 @@ class WorkerPool:
 
     def ready(self) -> bool:
         return any(w.state is WorkerState.READY for w in self.active)
+
+    def wait_ns(self) -> float:
+        """How long a new batch would wait before a worker starts it: the shortest queue of
+        batches among the ready workers, at the recent time per batch."""
+        shortest = -1
+        for w in self.active:
+            if w.state is WorkerState.READY and (shortest < 0 or len(w.pending) < shortest):
+                shortest = len(w.pending)
+        return max(shortest, 0) * self.batch_ns
 
     def snapshot(self) -> list[WorkerSnapshot]:
         return [

@@ -112,6 +112,7 @@ class NativeEndpoint:
         alone = core.arrival(head.peer, start)
         job = NativeJob(start, self, respond)
         try:
+            core.admit(start)
             parsed = self.parser.parse(body)
         except ApiError as error:
             return core.reject(job, error)

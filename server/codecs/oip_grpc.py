@@ -140,6 +140,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             api_key, client = _metadata(context)
             core.check_access(api_key, client)
             alone = core.arrival(context.peer(), start)
+            core.admit(start)
             job.model_idx = oip.model_index(
                 request.model_name, request.model_version, core.pool.model_versions
             )

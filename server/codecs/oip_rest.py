@@ -101,6 +101,7 @@ class OipRestEndpoint:
         alone = core.arrival(head.peer, start)
         job = OipJob(start, self, respond)
         try:
+            core.admit(start)
             job.model_idx = self._model(head.path)
             self._decode(job, head.header_length, body)
         except ApiError as error:

@@ -126,6 +126,9 @@ class InlinePool(RecordingPool):
     def idle(self) -> bool:
         return True
 
+    def wait_ns(self) -> float:
+        return 0.0
+
     def run_inline(self, model_idx: int, row: bytes) -> tuple[bytes, str, int]:
         self.inline_rows += 1
         return OUTPUTS, "v", 5
@@ -188,6 +191,7 @@ def test_batch_answers_once_with_its_first_error_after_every_row_is_in() -> None
             key_prefixes=InlinePool.key_prefixes,
             model_versions=InlinePool.model_versions,
             idle=lambda: False,
+            wait_ns=lambda: 0.0,
         )
         batchers = [
             Batcher(i, lambda _m, _n, _p, f: futures.extend(f), max_batch_size=8,

@@ -1,0 +1,117 @@
+"""A circuit breaker per model: when its calls keep failing or timing out, requests fail
+fast with 503 until a probe succeeds, instead of each waiting for its own failure."""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"  # calls go through
+    OPEN = "open"  # calls are refused until open_s has passed
+    HALF_OPEN = "half_open"  # one probe call goes through; its outcome decides
+
+
+class CircuitBreaker:
+    __slots__ = ("_clock", "_open_until", "_probing", "failures", "open_s", "opened", "state")
+    __slots__ += ("threshold",)
+
+    def __init__(
+        self, threshold: int, open_s: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``threshold`` consecutive failures open the circuit (0: never)."""
+        self.threshold = threshold
+        self.open_s = open_s
+        self._clock = clock
+        self.state = BreakerState.CLOSED
+        self.failures = 0  # consecutive
+        self.opened = 0  # times the circuit opened
+        self._open_until = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """Whether a call may go through now (in half-open, only the one probe)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            if self._clock() < self._open_until:
+                return False
+            self.state = BreakerState.HALF_OPEN
+            self._probing = False
+        if self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def success(self) -> None:
+        self.failures = 0
+        self.state = BreakerState.CLOSED
+        self._probing = False
+
+    def release(self) -> None:
+        """A call that ended saying nothing about the model (overload, a lost worker): a
+        half-open circuit lets the next call probe instead."""
+        self._probing = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        half_open = self.state is BreakerState.HALF_OPEN
+        if half_open or (self.threshold and self.failures >= self.threshold):
+            if self.state is not BreakerState.OPEN:
+                self.opened += 1
+            self.state = BreakerState.OPEN
+            self._open_until = self._clock() + self.open_s
+            self._probing = False
+
+    @property
+    def retry_after_s(self) -> int:
+        """Whole seconds until a probe may go through (at least 1)."""
+        if self.state is not BreakerState.OPEN:
+            return 1
+        return max(1, math.ceil(self._open_until - self._clock()))
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "state": self.state.value,
+            "consecutive_failures": self.failures,
+            "opened_total": self.opened,
+            "retry_after_s": self.retry_after_s if self.state is BreakerState.OPEN else 0,
+        }
+
+
+def breaker_metrics(names: tuple[str, ...], breakers: list[CircuitBreaker]) -> bytes:
+    """Prometheus text for the circuits, appended to the monitor's /metrics body."""
+    lines = [
+        "# HELP pis_circuit_state Circuit breaker state per model (1 for the current state).",
+        "# TYPE pis_circuit_state gauge",
+    ]
+    for name, breaker in zip(names, breakers, strict=True):
+        for state in BreakerState:
+            value = int(breaker.state is state)
+            lines.append(f'pis_circuit_state{{model="{name}",state="{state.value}"}} {value}')
+    lines += [
+        "# HELP pis_circuit_opened_total Times the model's circuit opened.",
+        "# TYPE pis_circuit_opened_total counter",
+    ]
+    for name, breaker in zip(names, breakers, strict=True):
+        lines.append(f'pis_circuit_opened_total{{model="{name}"}} {breaker.opened}')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def breaker_alerts(names: tuple[str, ...], breakers: list[CircuitBreaker]) -> list[dict]:
+    """A firing alert per model whose circuit is not closed, in /alerts' shape."""
+    return [
+        {
+            "name": "circuit_open",
+            "severity": "critical",
+            "model": name,
+            "state": breaker.state.value,
+            "message": f"{name}: calls keep failing or timing out; requests get 503 until a "
+            "probe succeeds",
+        }
+        for name, breaker in zip(names, breakers, strict=True)
+        if breaker.state is not BreakerState.CLOSED
+    ]
