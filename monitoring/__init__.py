@@ -7,6 +7,7 @@ The server builds one ``Monitor(MonitorConfig(...))`` at start-up, calls ``recor
 """
 
 from monitoring.config import (
+    PROTOCOLS,
     STAGES,
     AlertRule,
     MonitorConfig,
@@ -20,6 +21,7 @@ from monitoring.prom import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 
 __all__ = [
     "PROMETHEUS_CONTENT_TYPE",
+    "PROTOCOLS",
     "STAGES",
     "UNKNOWN_MODEL",
     "AlertRule",

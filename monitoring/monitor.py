@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from monitoring.alerts import AlertEvent, AlertManager
-from monitoring.config import STAGES, AlertRule, MonitorConfig, WorkerSnapshot
+from monitoring.config import PROTOCOLS, STAGES, AlertRule, MonitorConfig, WorkerSnapshot
 from monitoring.histogram import (
     BUCKET_MIDPOINTS,
     N_BUCKETS,
@@ -77,8 +77,12 @@ class Monitor:
         self._started_wall = wall_clock()
         self._slice_start = now
         self._max_slices = math.ceil(config.window_s / _ROTATE_AFTER_S) + 2
-        self._series: dict[str, ModelSeries] = {}
-        self._aliases: dict[str, ModelSeries] = {}  # "" and "unknown" -> the unknown series
+        # One table of series per protocol, indexed like PROTOCOLS: the hot path finds its
+        # series with one list index and one dict lookup.
+        self._tables: list[dict[str, ModelSeries]] = [{} for _ in PROTOCOLS]
+        #: every model name kept (the cap counts these), with when it was first seen: its
+        #: series under each protocol start from then, so their spans agree
+        self._first_seen: dict[str, float] = {UNKNOWN_MODEL: now}
         self._timeline: deque[dict[str, Any]] = deque(maxlen=self._max_slices)
         self._workers: list[WorkerSnapshot] = []
         self._queue_depth: dict[str, int] = {}
@@ -115,10 +119,9 @@ class Monitor:
         self._alerts = AlertManager(config.alert_rules, clock=clock, wall_clock=wall_clock)
         if self._webhook is not None:
             self._alerts.add_listener(self._post_event)
-        unknown = ModelSeries(UNKNOWN_MODEL, now, self._max_slices)
-        self._series[UNKNOWN_MODEL] = self._aliases[""] = self._aliases[UNKNOWN_MODEL] = unknown
+        self._series_for(UNKNOWN_MODEL, 0)
         for name in config.models:
-            self._series_for(name)
+            self._series_for(name, 0)
         if not config.enabled:
             self.record_request = _noop  # type: ignore[method-assign]
             self.record_batch = _noop  # type: ignore[method-assign]
@@ -135,12 +138,14 @@ class Monitor:
         queue_us: float,
         inference_us: float,
         cached: bool,
+        protocol: int = 0,
     ) -> None:
         """One answered request. A stage time of 0 means the stage did not run (a cache hit has
-        no queue or inference time; a 400 has no cache time) and is not recorded."""
-        series = self._series.get(model)
+        no queue or inference time; a 400 has no cache time) and is not recorded. ``protocol``
+        is the index in ``PROTOCOLS`` of the protocol the request came by (0: native)."""
+        series = self._tables[protocol].get(model)
         if series is None:
-            series = self._series_for(model)
+            series = self._series_for(model, protocol)
         status_counts = series.status
         status_counts[status] = status_counts.get(status, 0) + 1
         if cached:
@@ -155,10 +160,12 @@ class Monitor:
             series.flush()
 
     def record_batch(self, model: str, size: int, inference_us: float, worker_pid: int) -> None:
-        """One batch call answered by a worker, with the inference time the worker measured."""
-        series = self._series.get(model)
+        """One batch call answered by a worker, with the inference time the worker measured.
+        A batch may mix protocols: it is kept in the model's native series (the per-model views
+        add up every protocol)."""
+        series = self._tables[0].get(model)
         if series is None:
-            series = self._series_for(model)
+            series = self._series_for(model, 0)
         if size > MAX_TRACKED_BATCH:
             size = MAX_TRACKED_BATCH
         batches = series.cur_batches
@@ -174,21 +181,36 @@ class Monitor:
             if inference_us > series.cur_max[_BATCH1]:
                 series.cur_max[_BATCH1] = inference_us
 
-    def _series_for(self, model: str) -> ModelSeries:
-        """The series of a model name not seen before (or of "unknown", without caching the
-        name, so a client sending random names cannot grow memory)."""
-        alias = self._aliases.get(model)
-        if alias is not None:
-            return alias
-        if self.config.models:
-            allowed = model in self.config.models
-        else:  # the unknown series does not count against the cap
-            allowed = len(self._series) <= self.config.max_models
-        if not model or not allowed:
-            return self._series[UNKNOWN_MODEL]
-        series = ModelSeries(model, self._clock(), self._max_slices)
-        self._series[model] = series
+    def _series_for(self, model: str, protocol: int) -> ModelSeries:
+        """The series of a name not seen before under this protocol (or of "unknown", without
+        keeping the name, so a client sending random names cannot grow memory)."""
+        if model not in self._first_seen:
+            if self.config.models:
+                allowed = model in self.config.models
+            else:  # the unknown series does not count against the cap
+                allowed = len(self._first_seen) <= self.config.max_models
+            if model and allowed:
+                self._first_seen[model] = self._clock()
+            else:
+                model = UNKNOWN_MODEL
+        table = self._tables[protocol]
+        series = table.get(model)
+        if series is None:
+            first_seen = self._first_seen[model]
+            series = table[model] = ModelSeries(model, first_seen, self._max_slices, protocol)
         return series
+
+    def _groups(self) -> dict[str, list[ModelSeries]]:
+        """Model name -> its series, one per protocol that saw it."""
+        groups: dict[str, list[ModelSeries]] = {}
+        for table in self._tables:
+            for name, series in table.items():
+                groups.setdefault(name, []).append(series)
+        return groups
+
+    def model_totals(self, now: float) -> list[tuple[str, Aggregate]]:
+        """Per model name: everything since start, all protocols added up."""
+        return [(name, _merged_total(group, now)) for name, group in self._groups().items()]
 
     def worker_event(self, event: WorkerEvent, pid: int) -> None:
         self._worker_events[event] += 1
@@ -238,7 +260,7 @@ class Monitor:
         oldest = now - self.config.window_s
         total = np.zeros(N_BUCKETS, dtype=np.int64)
         requests = errors = ok = cached = 0
-        for series in self._series.values():
+        for series in self.series():
             piece = series.rotate(start, now)
             series.expire(oldest)
             in_total = (piece.index >= _OFF_TOTAL) & (piece.index < _OFF_TOTAL + N_BUCKETS)
@@ -265,8 +287,8 @@ class Monitor:
     def _window(self, now: float, window_s: float, model: str | None = None) -> Aggregate:
         """Rotated slices only: alerts are evaluated right after a rotation."""
         agg = Aggregate()
-        for name, series in self._series.items():
-            if model is None or name == model:
+        for series in self.series():
+            if model is None or series.name == model:
                 agg.add(series.window(now - window_s, now, include_current=False))
         return agg
 
@@ -313,8 +335,8 @@ class Monitor:
             "min_samples": settings.min_samples,
         }
         results: dict[str, dict[str, Any]] = {}
-        for name, series in self._series.items():
-            window = series.window(now - self.config.window_s, now, include_current=False)
+        for name, group in self._groups().items():
+            window = _merged_window(group, now - self.config.window_s, now, include_current=False)
             baseline = self.config.baseline_latency_us.get(name)
             if baseline:
                 verdict = compare_to_quantiles(
@@ -344,11 +366,12 @@ class Monitor:
         now = self._clock()
         if workers is not None:
             self._observe_workers(workers)
+        since = now - self.config.window_s
         models: dict[str, Any] = {}
         overall_window, overall_total = Aggregate(), Aggregate()
-        for name, series in self._series.items():
-            window = series.window(now - self.config.window_s, now)
-            total = series.total(now)
+        for name, group in self._groups().items():
+            window = _merged_window(group, since, now)
+            total = _merged_total(group, now)
             if total.requests == 0 and not total.batches and name == UNKNOWN_MODEL:
                 continue
             overall_window.add(window)
@@ -358,6 +381,13 @@ class Monitor:
                 "since_start": _summary(total),
                 "queue_depth": self._queue_depth.get(name, 0),
             }
+        protocols = {
+            protocol: {
+                "window": _request_summary(_merged_window(table.values(), since, now)),
+                "since_start": _request_summary(_merged_total(table.values(), now)),
+            }
+            for protocol, table in zip(PROTOCOLS, self._tables, strict=True)
+        }
         return {
             "enabled": self.config.enabled,
             "window_s": self.config.window_s,
@@ -366,6 +396,7 @@ class Monitor:
             "generated_at": self._wall_clock(),
             "models": models,
             "overall": {"window": _summary(overall_window), "since_start": _summary(overall_total)},
+            "protocols": protocols,
             "queue_depth": dict(self._queue_depth),
             "workers": self._worker_rows(),
             "worker_events": dict(self._worker_events),
@@ -423,8 +454,7 @@ class Monitor:
         """What happened since the previous snapshot (counts per interval, not cumulative)."""
         interval_s, self._last_history = now - self._last_history, now
         models: dict[str, Any] = {}
-        for name, series in self._series.items():
-            total = series.total(now)
+        for name, total in self.model_totals(now):
             previous = self._history_prev.get(name)
             delta = total.counts - previous if previous is not None else total.counts
             self._history_prev[name] = total.counts
@@ -460,7 +490,9 @@ class Monitor:
     # ------------------------------------------------------------------ for the exposition
 
     def series(self) -> Iterable[ModelSeries]:
-        return self._series.values()
+        """Every series: one per model name and protocol that recorded something."""
+        for table in self._tables:
+            yield from table.values()
 
     @property
     def workers(self) -> list[WorkerSnapshot]:
@@ -488,6 +520,22 @@ class Monitor:
         return self._clock()
 
 
+def _merged_window(
+    group: Iterable[ModelSeries], since: float, now: float, include_current: bool = True
+) -> Aggregate:
+    agg = Aggregate()
+    for series in group:
+        agg.add(series.window(since, now, include_current))
+    return agg
+
+
+def _merged_total(group: Iterable[ModelSeries], now: float) -> Aggregate:
+    agg = Aggregate()
+    for series in group:
+        agg.add(series.total(now))
+    return agg
+
+
 def _errors(status: dict[int, int] | Counter[int]) -> int:
     return sum(n for code, n in status.items() if code >= _STATUS_ERROR_MIN)
 
@@ -509,31 +557,39 @@ def _latency(agg: Aggregate, segment: str) -> dict[str, Any]:
     return out
 
 
-def _summary(agg: Aggregate, with_rps: bool = True) -> dict[str, Any]:
+def _request_summary(agg: Aggregate, with_rps: bool = True) -> dict[str, Any]:
+    """Requests, errors, statuses and total latency: what every breakdown reports."""
     requests = agg.requests
     errors = _errors(agg.status)
-    answered = agg.status.get(200, 0)
-    batches = sum(agg.batches.values())
-    observations = sum(size * n for size, n in agg.batches.items())
     out: dict[str, Any] = {
         "requests": requests,
         "errors": errors,
         "error_rate": errors / requests if requests else None,
-        "cache_hits": agg.cached,
-        "cache_hit_rate": agg.cached / answered if answered else None,
         "status": {str(code): n for code, n in sorted(agg.status.items())},
-        "latency_us": {stage: _latency(agg, stage) for stage in STAGES},
-        "batch_size": {
-            "batches": batches,
-            "mean": observations / batches if batches else None,
-            "max": max(agg.batches) if batches else None,
-            "distribution": {str(size): n for size, n in sorted(agg.batches.items())},
-        },
-        "batch1_inference_us": _latency(agg, "batch1_inference"),
+        "latency_us": {"total": _latency(agg, "total")},
     }
     if with_rps:
         out["span_s"] = agg.span_s
         out["rps"] = requests / agg.span_s if agg.span_s > 0 else 0.0
+    return out
+
+
+def _summary(agg: Aggregate, with_rps: bool = True) -> dict[str, Any]:
+    """A model's (or all models') summary: the request summary, every stage, cache, batches."""
+    out = _request_summary(agg, with_rps)
+    answered = agg.status.get(200, 0)
+    batches = sum(agg.batches.values())
+    observations = sum(size * n for size, n in agg.batches.items())
+    out["cache_hits"] = agg.cached
+    out["cache_hit_rate"] = agg.cached / answered if answered else None
+    out["latency_us"] = {stage: _latency(agg, stage) for stage in STAGES}
+    out["batch_size"] = {
+        "batches": batches,
+        "mean": observations / batches if batches else None,
+        "max": max(agg.batches) if batches else None,
+        "distribution": {str(size): n for size, n in sorted(agg.batches.items())},
+    }
+    out["batch1_inference_us"] = _latency(agg, "batch1_inference")
     return out
 
 

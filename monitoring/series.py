@@ -75,7 +75,8 @@ class Aggregate:
 
 
 class ModelSeries:
-    """Everything recorded for one model name. Single-threaded: the front's event loop."""
+    """Everything recorded for one model name over one protocol (an index into ``PROTOCOLS``).
+    Single-threaded: the front's event loop."""
 
     __slots__ = (
         "cur",
@@ -83,6 +84,7 @@ class ModelSeries:
         "cur_max",
         "name",
         "pending",
+        "protocol",
         "ring",
         "since_start",
         "since_start_max",
@@ -92,8 +94,9 @@ class ModelSeries:
         "total_batches",
     )
 
-    def __init__(self, name: str, now: float, max_slices: int) -> None:
+    def __init__(self, name: str, now: float, max_slices: int, protocol: int = 0) -> None:
         self.name = name
+        self.protocol = protocol
         self.started = now
         self.cur: list[int] = [0] * SLOTS
         self.cur_max: list[float] = [0.0] * N_SEGMENTS
