@@ -111,11 +111,6 @@ class Monitor:
                 timeout_s=config.webhook_timeout_s,
                 retries=config.webhook_retries,
             )
-        # scipy takes ~0.3 s to import: pay it at start-up, not in the first tick's event loop.
-        # (Imported here, not at module level, so `python -m monitoring.regress` does not find
-        # itself already imported through the package.)
-        import monitoring.regress  # noqa: F401
-
         self._alerts = AlertManager(config.alert_rules, clock=clock, wall_clock=wall_clock)
         if self._webhook is not None:
             self._alerts.add_listener(self._post_event)
@@ -325,6 +320,8 @@ class Monitor:
         raise ValueError(f"alert {rule.name}: unknown kind {rule.kind!r}")
 
     def _check_regression(self, now: float) -> None:
+        # imported here, not at module level, so that `python -m monitoring.regress` does not
+        # find itself already imported through the package (it is cheap: numpy and math only)
         from monitoring.regress import compare_histograms, compare_to_quantiles
 
         settings = self.config.regression

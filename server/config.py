@@ -66,10 +66,6 @@ class ServerConfig:
     def weights_for(self, model: str) -> tuple[float, ...] | None:
         return dict(self.agent_weights).get(model)
 
-    @property
-    def cache_enabled(self) -> bool:
-        return self.cache_size > 0 and self.cache_ttl_s > 0
-
     def to_json_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for key, value in data.items():
