@@ -154,7 +154,7 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
         if runtime.core is None:
             return _starting()
         try:
-            runtime.core.check_api_key(RequestHead(request.scope["headers"], None))
+            runtime.core.check_admin_key(RequestHead(request.scope["headers"], None))
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
         try:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from server.auth import ApiKeys
 from server.batching import Batcher
 from server.busypoll import BusyPoll
 from server.cache import ResponseCache, cache_key
@@ -89,7 +90,7 @@ class InferCore:
         self.monitor = monitor
         self.rate_limiter = rate_limiter
         self.max_body = config.max_body_bytes
-        self.api_key = config.api_key.encode() if config.api_key else None
+        self.api_keys = ApiKeys.from_config(config)
         self.accepting = True
         self.pending = 0
         self._last_done_ns = 0
@@ -101,8 +102,15 @@ class InferCore:
 
     # ------------------------------------------------------------------ checks
 
+    def check_admin_key(self, head: RequestHead) -> None:
+        if not self.api_keys.admin_allows(head.api_key):
+            raise Unauthorized(
+                "missing or wrong admin API key; send it as 'X-API-Key: <key>' or "
+                "'Authorization: Bearer <key>'"
+            )
+
     def check_api_key(self, head: RequestHead) -> None:
-        if self.api_key is not None and head.api_key != self.api_key:
+        if not self.api_keys.allows(head.api_key):
             raise Unauthorized(
                 "missing or wrong API key; send it as 'X-API-Key: <key>' or "
                 "'Authorization: Bearer <key>'"
