@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint audit bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -24,6 +24,11 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+# Known vulnerabilities of the installed runtime dependencies (.ci/audit.py says why not
+# pip-audit, and what it can and cannot audit here).
+audit: install
+	$(PY) .ci/audit.py
 
 bench: install
 	$(PY) -m benchmarks compare
