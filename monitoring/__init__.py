@@ -7,6 +7,7 @@ The server builds one ``Monitor(MonitorConfig(...))`` at start-up, calls ``recor
 """
 
 from monitoring.config import (
+    PROTOCOL_INDEX,
     PROTOCOLS,
     STAGES,
     AlertRule,
@@ -22,6 +23,7 @@ from monitoring.prom import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 __all__ = [
     "PROMETHEUS_CONTENT_TYPE",
     "PROTOCOLS",
+    "PROTOCOL_INDEX",
     "STAGES",
     "UNKNOWN_MODEL",
     "AlertRule",

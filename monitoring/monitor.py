@@ -137,7 +137,8 @@ class Monitor:
     ) -> None:
         """One answered request. A stage time of 0 means the stage did not run (a cache hit has
         no queue or inference time; a 400 has no cache time) and is not recorded. ``protocol``
-        is the index in ``PROTOCOLS`` of the protocol the request came by (0: native)."""
+        is the index in ``PROTOCOLS`` of the protocol the request came by (0: native; see
+        ``PROTOCOL_INDEX``); it is not checked here, an index out of range raises IndexError."""
         series = self._tables[protocol].get(model)
         if series is None:
             series = self._series_for(model, protocol)

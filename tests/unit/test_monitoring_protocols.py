@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring import PROTOCOLS, Monitor, MonitorConfig, WorkerSnapshot, dumps
+from monitoring import PROTOCOL_INDEX, PROTOCOLS, Monitor, MonitorConfig, WorkerSnapshot, dumps
 from tests.fakes import FakeClock
 
-NATIVE, OIP_REST, OIP_GRPC = (PROTOCOLS.index(name) for name in ("native", "oip_rest", "oip_grpc"))
+NATIVE, OIP_REST, OIP_GRPC = (PROTOCOL_INDEX[name] for name in ("native", "oip_rest", "oip_grpc"))
 WORKERS = [WorkerSnapshot(index=0, pid=101, state="ready", in_flight=0, served=0, restarts=0)]
 
 
@@ -27,6 +27,7 @@ def send(monitor: Monitor, model: str, total_us: float, protocol: int, status: i
 
 def test_protocols_are_the_three_the_server_speaks() -> None:
     assert PROTOCOLS == ("native", "oip_rest", "oip_grpc")
+    assert PROTOCOL_INDEX == {"native": 0, "oip_rest": 1, "oip_grpc": 2}
 
 
 def test_default_protocol_is_native() -> None:
