@@ -15,11 +15,12 @@ if TYPE_CHECKING:
 def render(monitor: Monitor, out: TextBuilder) -> bytes:
     now = monitor.now()
     # one series per (model, protocol): each request is in exactly one of them
+    series_totals = monitor.series_totals(now)
     per_protocol = [
-        ({"model": series.name, "protocol": PROTOCOLS[series.protocol]}, series.total(now))
-        for series in monitor.series()
+        ({"model": series.name, "protocol": PROTOCOLS[series.protocol]}, total)
+        for series, total in series_totals
     ]
-    totals = monitor.model_totals(now)
+    totals = list(monitor.model_totals(now, series_totals).items())
 
     name = out.family(
         "requests_total", "counter", "Requests answered, by model, protocol and HTTP status."

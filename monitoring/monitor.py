@@ -48,9 +48,7 @@ UNKNOWN_MODEL = "unknown"
 SLICE_S = 1.0
 #: a tick arriving a little early still rotates (a 1 Hz caller jitters)
 _ROTATE_AFTER_S = 0.9 * SLICE_S
-_OFF_PARSE, _OFF_CACHE, _OFF_QUEUE, _OFF_INFER, _OFF_TOTAL, _OFF_BATCH1 = (
-    OFFSET[name] for name in SEGMENTS
-)
+_OFF_TOTAL = OFFSET["total"]
 _BATCH1 = SEGMENTS.index("batch1_inference")
 _STATUS_ERROR_MIN = 500
 _MAX_PENDING_VALUES = MAX_PENDING_ROWS * len(STAGES)
@@ -145,7 +143,7 @@ class Monitor:
         status_counts = series.status
         status_counts[status] = status_counts.get(status, 0) + 1
         if cached:
-            series.cur[CACHED_SLOT] += 1
+            series.cur_cached += 1
         pending = series.pending
         pending.append(parse_us)
         pending.append(cache_us)
@@ -173,7 +171,7 @@ class Monitor:
         index = histogram.record(inference_us)
         self._worker_batches[worker_pid][size] += 1
         if size == 1:
-            series.cur[_OFF_BATCH1 + index] += 1
+            series.cur_batch1[index] += 1
             if inference_us > series.cur_max[_BATCH1]:
                 series.cur_max[_BATCH1] = inference_us
 
@@ -196,17 +194,16 @@ class Monitor:
             series = table[model] = ModelSeries(model, first_seen, self._max_slices, protocol)
         return series
 
-    def _groups(self) -> dict[str, list[ModelSeries]]:
-        """Model name -> its series, one per protocol that saw it."""
-        groups: dict[str, list[ModelSeries]] = {}
-        for table in self._tables:
-            for name, series in table.items():
-                groups.setdefault(name, []).append(series)
-        return groups
+    def series_totals(self, now: float) -> list[tuple[ModelSeries, Aggregate]]:
+        """Every series with everything it recorded since start."""
+        return [(series, series.total(now)) for series in self.series()]
 
-    def model_totals(self, now: float) -> list[tuple[str, Aggregate]]:
+    def model_totals(
+        self, now: float, series_totals: list[tuple[ModelSeries, Aggregate]] | None = None
+    ) -> dict[str, Aggregate]:
         """Per model name: everything since start, all protocols added up."""
-        return [(name, _merged_total(group, now)) for name, group in self._groups().items()]
+        pairs = self.series_totals(now) if series_totals is None else series_totals
+        return sum_by((series.name, total) for series, total in pairs)
 
     def worker_event(self, event: WorkerEvent, pid: int) -> None:
         self._worker_events[event] += 1
@@ -333,8 +330,11 @@ class Monitor:
             "min_samples": settings.min_samples,
         }
         results: dict[str, dict[str, Any]] = {}
-        for name, group in self._groups().items():
-            window = _merged_window(group, now - self.config.window_s, now, include_current=False)
+        windows = sum_by(
+            (series.name, series.window(now - self.config.window_s, now, include_current=False))
+            for series in self.series()
+        )
+        for name, window in windows.items():
             baseline = self.config.baseline_latency_us.get(name)
             if baseline:
                 verdict = compare_to_quantiles(
@@ -365,11 +365,14 @@ class Monitor:
         if workers is not None:
             self._observe_workers(workers)
         since = now - self.config.window_s
+        # each series' window and total once: the models' and protocols' views add them up
+        views = [(s, s.window(since, now), s.total(now)) for s in self.series()]
+        windows = sum_by((s.name, window) for s, window, _ in views)
+        totals = sum_by((s.name, total) for s, _, total in views)
         models: dict[str, Any] = {}
         overall_window, overall_total = Aggregate(), Aggregate()
-        for name, group in self._groups().items():
-            window = _merged_window(group, since, now)
-            total = _merged_total(group, now)
+        for name, total in totals.items():
+            window = windows[name]
             if total.requests == 0 and not total.batches and name == UNKNOWN_MODEL:
                 continue
             overall_window.add(window)
@@ -379,12 +382,16 @@ class Monitor:
                 "since_start": _summary(total),
                 "queue_depth": self._queue_depth.get(name, 0),
             }
+        by_protocol = [
+            sum_by(((PROTOCOLS[s.protocol], agg[i]) for s, *agg in views), PROTOCOLS)
+            for i in (0, 1)
+        ]
         protocols = {
             protocol: {
-                "window": _request_summary(_merged_window(table.values(), since, now)),
-                "since_start": _request_summary(_merged_total(table.values(), now)),
+                "window": _request_summary(by_protocol[0][protocol]),
+                "since_start": _request_summary(by_protocol[1][protocol]),
             }
-            for protocol, table in zip(PROTOCOLS, self._tables, strict=True)
+            for protocol in PROTOCOLS
         }
         return {
             "enabled": self.config.enabled,
@@ -452,7 +459,7 @@ class Monitor:
         """What happened since the previous snapshot (counts per interval, not cumulative)."""
         interval_s, self._last_history = now - self._last_history, now
         models: dict[str, Any] = {}
-        for name, total in self.model_totals(now):
+        for name, total in self.model_totals(now).items():
             previous = self._history_prev.get(name)
             delta = total.counts - previous if previous is not None else total.counts
             self._history_prev[name] = total.counts
@@ -518,20 +525,18 @@ class Monitor:
         return self._clock()
 
 
-def _merged_window(
-    group: Iterable[ModelSeries], since: float, now: float, include_current: bool = True
-) -> Aggregate:
-    agg = Aggregate()
-    for series in group:
-        agg.add(series.window(since, now, include_current))
-    return agg
-
-
-def _merged_total(group: Iterable[ModelSeries], now: float) -> Aggregate:
-    agg = Aggregate()
-    for series in group:
-        agg.add(series.total(now))
-    return agg
+def sum_by(
+    pairs: Iterable[tuple[str, Aggregate]], keys: Iterable[str] = ()
+) -> dict[str, Aggregate]:
+    """The aggregates added up per key (in order of first appearance; ``keys`` always present).
+    The inputs are left as they are."""
+    sums = {key: Aggregate() for key in keys}
+    for key, agg in pairs:
+        total = sums.get(key)
+        if total is None:
+            total = sums[key] = Aggregate()
+        total.add(agg)
+    return sums
 
 
 def _errors(status: dict[int, int] | Counter[int]) -> int:
