@@ -100,8 +100,9 @@ class Monitor:
                 config.history_dir, max_files=config.history_max_files, wall_clock=wall_clock
             )
         self._last_history = now
-        self._history_prev: dict[str, np.ndarray] = {}
-        self._history_prev_status: dict[str, dict[int, int]] = {}
+        # ("model" | "protocol", name) -> its since-start counts at the previous record
+        self._history_prev: dict[tuple[str, str], np.ndarray] = {}
+        self._history_prev_status: dict[tuple[str, str], dict[int, int]] = {}
         self._webhook = None
         if config.webhook_url:
             self._webhook = WebhookSink(
@@ -458,32 +459,42 @@ class Monitor:
     def _history_record(self, now: float) -> dict[str, Any]:
         """What happened since the previous snapshot (counts per interval, not cumulative)."""
         interval_s, self._last_history = now - self._last_history, now
+        series_totals = self.series_totals(now)
         models: dict[str, Any] = {}
-        for name, total in self.model_totals(now).items():
-            previous = self._history_prev.get(name)
-            delta = total.counts - previous if previous is not None else total.counts
-            self._history_prev[name] = total.counts
-            previous_status = self._history_prev_status.get(name, {})
-            status = {c: n - previous_status.get(c, 0) for c, n in total.status.items()}
-            self._history_prev_status[name] = dict(total.status)
-            requests = int(delta[_OFF_TOTAL : _OFF_TOTAL + N_BUCKETS].sum())
-            if requests == 0 and name == UNKNOWN_MODEL:
+        for name, total in self.model_totals(now, series_totals).items():
+            interval = self._since_last_record(("model", name), total)
+            if interval.requests == 0 and name == UNKNOWN_MODEL:
                 continue
-            interval = Aggregate(
-                counts=delta, status=Counter({c: n for c, n in status.items() if n})
-            )
             entry = _summary(interval, with_rps=False)
             entry["histogram_us"] = coarse(interval.segment("total"))
             models[name] = entry
+        by_protocol = sum_by(((PROTOCOLS[s.protocol], t) for s, t in series_totals), PROTOCOLS)
+        protocols = {
+            protocol: _request_summary(
+                self._since_last_record(("protocol", protocol), total), with_rps=False
+            )
+            for protocol, total in by_protocol.items()
+        }
         return {
             "t": self._wall_clock(),
             "uptime_s": now - self._started,
             "interval_s": interval_s,
             "models": models,
+            "protocols": protocols,
             "queue_depth": dict(self._queue_depth),
             "workers": [asdict(worker) for worker in self._workers],
             "alerts": self._alerts.states(),
         }
+
+    def _since_last_record(self, key: tuple[str, str], total: Aggregate) -> Aggregate:
+        """``total`` (since start) less what the previous history record had counted of it."""
+        previous = self._history_prev.get(key)
+        counts = total.counts - previous if previous is not None else total.counts
+        self._history_prev[key] = total.counts
+        before = self._history_prev_status.get(key, {})
+        self._history_prev_status[key] = dict(total.status)
+        status = Counter({code: n - before.get(code, 0) for code, n in total.status.items()})
+        return Aggregate(counts=counts, status=+status)  # +: drops the zero entries
 
     def close(self) -> None:
         """At shutdown: write a last history snapshot, flush the webhook queue (bounded wait)."""

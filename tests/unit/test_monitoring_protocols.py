@@ -146,12 +146,20 @@ def test_alerts_and_history_see_every_protocol(tmp_path: Path) -> None:
     monitor, clock = make(history_dir=tmp_path, history_interval_s=1.0)
     for i in range(100):
         send(monitor, "m", 100.0, OIP_REST, status=503 if i < 5 else 200)
-    for _ in range(40):
+    for second in range(40):
+        if second == 20:
+            for _ in range(7):
+                send(monitor, "m", 100.0, OIP_GRPC)
         clock.advance(1.0)
         monitor.tick(WORKERS, {})
     assert "high_error_rate" in {a["alert"] for a in monitor.alerts()["firing"]}
     monitor.close()
-    recorded = sum(
-        record["models"].get("m", {}).get("requests", 0) for record in read_history(tmp_path)
-    )
-    assert recorded == 100
+    records = list(read_history(tmp_path))
+    assert sum(record["models"].get("m", {}).get("requests", 0) for record in records) == 107
+
+    def recorded(protocol: str, key: str = "requests") -> list:
+        return [record["protocols"][protocol][key] for record in records]
+
+    assert sum(recorded("oip_rest")) == 100 and sum(recorded("oip_grpc")) == 7
+    assert sum(recorded("native")) == 0
+    assert [s for s in recorded("oip_rest", "status") if s] == [{"200": 95, "503": 5}]
