@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    for warning in startup_warnings(config, keys):
+    for warning in startup_warnings(config, keys, sys.argv[1:] if argv is None else argv):
         logging.getLogger("server").warning(warning)
     try:
         ensure_artifacts(config)

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import ipaddress
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from server.config import ConfigError, ServerConfig
@@ -138,9 +138,19 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to any interface
 
 
-def startup_warnings(config: ServerConfig, keys: ApiKeys) -> list[str]:
-    """What the operator must hear at start-up about access control (none of it names a key)."""
+_KEY_FLAGS = ("--api-key", "--api-keys", "--admin-api-key")
+
+
+def startup_warnings(config: ServerConfig, keys: ApiKeys, argv: Sequence[str] = ()) -> list[str]:
+    """What the operator must hear at start-up about access control (none of it names a key).
+    ``argv``: the command line, where a key is readable by every local user."""
     warnings = []
+    flags = sorted({arg.split("=", 1)[0] for arg in argv} & set(_KEY_FLAGS))
+    if flags:
+        warnings.append(
+            f"{', '.join(flags)} on the command line: every local user can read it in the "
+            "process list; use the PIS_* environment variable or --api-key-file instead"
+        )
     if not is_loopback(config.host) and not keys.required:
         warnings.append(
             f"SECURITY: bound to {config.host}:{config.port}, reachable from other machines, "

@@ -172,6 +172,16 @@ def test_start_up_warns_loudly_on_an_open_public_bind(tmp_path: Path) -> None:
     assert "chmod 600" in message
 
 
+def test_start_up_warns_of_keys_on_the_command_line() -> None:
+    argv = ["--port", "9000", f"--api-key={CLIENT_KEYS[0]}", "--admin-api-key", ADMIN_KEY]
+    config = load_config(argv, {})
+    (message,) = startup_warnings(config, ApiKeys.from_config(config), argv)
+    assert "--admin-api-key, --api-key on the command line" in message
+    assert CLIENT_KEYS[0] not in message and ADMIN_KEY not in message
+    from_file = ["--api-key-file", "keys.txt"]
+    assert startup_warnings(ServerConfig(), ApiKeys(), from_file) == []
+
+
 def test_server_refuses_to_start_with_an_unreadable_key_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
