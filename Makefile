@@ -4,13 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install serve test lint bench clean proto
+.PHONY: install serve test lint audit bench clean proto
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,report]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,6 +24,11 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+# Known vulnerabilities of the installed runtime dependencies (.ci/audit.py says why not
+# pip-audit, and what it can and cannot audit here).
+audit: install
+	$(PY) .ci/audit.py
 
 bench: install
 	$(PY) -m benchmarks compare

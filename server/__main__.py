@@ -10,6 +10,7 @@ import uvicorn
 
 from optimize.loader import ManifestError, verify_artifacts
 from server.app import create_app
+from server.auth import ApiKeys, startup_warnings
 from server.config import ConfigError, ServerConfig, load_config
 from server.fastlane import http_protocol
 
@@ -33,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:  # the key file is read here first, so that a bad one stops the start at once
+        keys = ApiKeys.from_config(config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    for warning in startup_warnings(config, keys, sys.argv[1:] if argv is None else argv):
+        logging.getLogger("server").warning(warning)
     try:
         ensure_artifacts(config)
     except subprocess.CalledProcessError as exc:

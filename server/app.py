@@ -178,7 +178,7 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
         if key is None and bearer[:7].lower() == "bearer ":
             key = bearer[7:]
         try:
-            runtime.core.check_api_key(key.encode() if key is not None else None)
+            runtime.core.check_admin_key(key.encode() if key is not None else None)
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
         try:

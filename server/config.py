@@ -53,7 +53,12 @@ class ServerConfig:
     warmup_calls: int = 200
     worker_start_timeout_s: float = 60.0
     shutdown_grace_s: float = 10.0
-    api_key: str | None = None
+    # Secrets: left out of repr, blanked by to_json_dict (never handed to workers or logged);
+    # server/auth.py turns them into digests once at start-up.
+    api_key: str | None = field(default=None, repr=False)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_key_file: Path | None = None
+    admin_api_key: str | None = field(default=None, repr=False)
     rate_limit_rps: float = 0.0
     rate_limit_burst: int = 100
     agent_weights: tuple[tuple[str, tuple[float, ...]], ...] = ()
@@ -70,17 +75,22 @@ class ServerConfig:
     def weights_for(self, model: str) -> tuple[float, ...] | None:
         return dict(self.agent_weights).get(model)
 
-    @property
-    def cache_enabled(self) -> bool:
-        return self.cache_size > 0 and self.cache_ttl_s > 0
-
     def to_json_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for key, value in data.items():
             if isinstance(value, Path):
                 data[key] = str(value)
-        data["api_key"] = None  # never handed to workers or printed
+        data.update(_BLANK_SECRETS)  # never handed to workers or printed
         return data
+
+
+#: the fields holding API keys (or naming where they are), blanked by to_json_dict
+_BLANK_SECRETS: dict[str, Any] = {
+    "api_key": None,
+    "api_keys": (),
+    "api_key_file": None,
+    "admin_api_key": None,
+}
 
 
 def _check(condition: bool, message: str) -> None:
@@ -165,6 +175,11 @@ def _parse_weights(text: str) -> tuple[tuple[str, tuple[float, ...]], ...]:
     return tuple(out)
 
 
+def _parse_keys(text: str) -> tuple[str, ...]:
+    """``KEY1,KEY2``: several client API keys."""
+    return tuple(filter(None, (key.strip() for key in text.split(","))))
+
+
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off"}
 
@@ -183,12 +198,14 @@ def _converter(name: str, default: Any) -> Any:
         return _parse_weights
     if name == "balancer":
         return BalancerStrategy
-    if name in {"artifacts_dir", "history_dir"}:
+    if name in {"artifacts_dir", "history_dir", "api_key_file"}:
         return Path
-    if name in {"api_key", "alert_webhook_url"}:
+    if name in {"api_key", "admin_api_key", "alert_webhook_url"}:
         return str
     if name == "grpc_port":
         return int
+    if name == "api_keys":
+        return _parse_keys
     if isinstance(default, bool):
         return _parse_bool
     if isinstance(default, int):
@@ -270,4 +287,5 @@ def config_from_json_dict(data: Mapping[str, Any]) -> ServerConfig:
         values["history_dir"] = Path(values["history_dir"])
     values["balancer"] = BalancerStrategy(values["balancer"])
     values["agent_weights"] = tuple((m, tuple(w)) for m, w in values["agent_weights"])
+    values["api_keys"] = tuple(values.get("api_keys", ()))
     return ServerConfig(**values)

@@ -14,6 +14,8 @@ import asyncio
 import time
 from typing import Any
 
+from monitoring import PROTOCOL_INDEX
+from server.auth import ApiKeys
 from server.batching import Batcher
 from server.breaker import CircuitBreaker
 from server.busypoll import BusyPoll
@@ -53,7 +55,7 @@ class Job:
     the result in the codec's wire format and send it, exactly once between them."""
 
     __slots__ = ("model_idx", "parsed_ns", "rows", "start_ns")
-    protocol = 0  # index into monitoring.PROTOCOLS
+    protocol = PROTOCOL_INDEX["native"]  # for the monitor
 
     def __init__(self, start_ns: int) -> None:
         self.start_ns = start_ns
@@ -87,7 +89,7 @@ class InferCore:
         self.monitor = monitor
         self.rate_limiter = rate_limiter
         self.max_body = config.max_body_bytes
-        self.api_key = config.api_key.encode() if config.api_key else None
+        self.api_keys = ApiKeys.from_config(config)
         self.accepting = True
         self.pending = 0
         self._last_done_ns = 0
@@ -115,9 +117,16 @@ class InferCore:
             raise RateLimited("request rate over this client's limit; slow down and retry")
 
     def check_api_key(self, api_key: bytes | None) -> None:
-        if self.api_key is not None and api_key != self.api_key:
+        if not self.api_keys.allows(api_key):
             raise Unauthorized(
                 "missing or wrong API key; send it as 'X-API-Key: <key>' or "
+                "'Authorization: Bearer <key>' (gRPC: 'x-api-key' metadata)"
+            )
+
+    def check_admin_key(self, api_key: bytes | None) -> None:
+        if not self.api_keys.admin_allows(api_key):
+            raise Unauthorized(
+                "missing or wrong admin API key; send it as 'X-API-Key: <key>' or "
                 "'Authorization: Bearer <key>'"
             )
 
@@ -181,9 +190,8 @@ class InferCore:
         self.busy_poll.arm()
         model = MODEL_NAMES[job.model_idx] if job.model_idx >= 0 else ""
         status = job.refuse(error)
-        self.monitor.record_request(
-            model, status, (time.perf_counter_ns() - job.start_ns) / _NS_PER_US, 0, 0, 0, 0, False
-        )
+        total_us = (time.perf_counter_ns() - job.start_ns) / _NS_PER_US
+        self.monitor.record_request(model, status, total_us, 0, 0, 0, 0, False, job.protocol)
 
     def submit(self, job: Job, alone: bool = False) -> None:
         """Answers ``job`` exactly once, now or when its rows are computed. ``alone``: from
@@ -293,6 +301,7 @@ class InferCore:
             max(0, done - looked_up - inference_ns) / _NS_PER_US,
             inference_ns / _NS_PER_US,
             cached,
+            job.protocol,
         )
 
 

@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 
 from models.spec import SPECS
+from monitoring import PROTOCOL_INDEX
 from server.codecs import oip
 from server.core import InferCore, Job
 from server.errors import ApiError
@@ -19,7 +20,7 @@ from server.oip_proto import inference_pb2 as pb
 from server.oip_proto import inference_pb2_grpc as pb_grpc
 from server.pool import MODEL_NAMES
 
-PROTOCOL = 2  # monitoring.PROTOCOLS
+PROTOCOL = PROTOCOL_INDEX["oip_grpc"]
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from models.spec import SPECS
+from monitoring import PROTOCOL_INDEX
 from server.codecs import oip
 from server.codecs.base import JSON, NO_HEADERS, Headers, Respond, retry_headers
 from server.core import InferCore, Job
@@ -21,7 +22,7 @@ _ACCEPTED_TYPES = (None, JSON, OCTET_STREAM)
 _PREFIX = len(b"/v2/models/")
 _SUFFIX = len(b"/infer")
 _VERSIONS = "/versions/"
-PROTOCOL = 1  # monitoring.PROTOCOLS
+PROTOCOL = PROTOCOL_INDEX["oip_rest"]
 
 
 def error_body(message: str) -> bytes:

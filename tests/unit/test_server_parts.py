@@ -368,9 +368,15 @@ def test_config_errors_name_the_environment_variable() -> None:
 def test_config_round_trips_to_workers_without_the_api_key() -> None:
     from server.config import config_from_json_dict
 
-    config = ServerConfig(api_key="secret", agent_weights=(("tactical", (1.0, 2.0, 1.0)),))
+    config = ServerConfig(
+        api_key="secret",
+        api_keys=("k2",),
+        admin_api_key="adm",
+        agent_weights=(("tactical", (1.0, 2.0, 1.0)),),
+    )
     data = config.to_json_dict()
-    assert data["api_key"] is None
+    assert data["api_key"] is None and data["admin_api_key"] is None
+    assert data["api_keys"] == () and data["api_key_file"] is None
     back = config_from_json_dict(data)
     assert back.agent_weights == config.agent_weights
     assert back.weights_for("tactical") == (1.0, 2.0, 1.0)
