@@ -312,3 +312,27 @@ def test_a_row_cached_through_native_is_a_hit_through_oip(server, http_client) -
     inp.set_data_from_numpy(obs)
     http_client.infer("tactical", [inp])
     assert hits() == before + 1
+
+
+def test_stats_and_metrics_count_each_protocol(server, http_client, grpc_client) -> None:
+    def counts() -> dict[str, int]:
+        stats = httpx.get(f"{server.url}/stats").json()["protocols"]
+        return {p: stats[p]["since_start"]["requests"] for p in ("native", "oip_rest", "oip_grpc")}
+
+    before = counts()
+    obs = observations("strategic", 2, seed=77)
+    native(server, "strategic", obs)
+    inp = triton_http.InferInput("observation", [2, 48, 13], "FP32")
+    inp.set_data_from_numpy(obs)
+    http_client.infer("strategic", [inp])
+    ginp = triton_grpc.InferInput("observation", [2, 48, 13], "FP32")
+    ginp.set_data_from_numpy(obs)
+    grpc_client.infer("strategic", [ginp])
+    with pytest.raises(InferenceServerException):
+        grpc_client.infer("nope", [ginp])
+    after = counts()
+    assert {p: after[p] - before[p] for p in after} == {"native": 1, "oip_rest": 1, "oip_grpc": 2}
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for protocol in ("native", "oip_rest", "oip_grpc"):
+        assert f'protocol="{protocol}"' in metrics
+    assert 'model="unknown",protocol="oip_grpc",status="404"' in metrics
