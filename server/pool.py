@@ -1,26 +1,21 @@
-"""The inference worker pool: spawning, health, dispatch, crash recovery, reload, shutdown.
+"""The inference worker pool: health, dispatch, crash recovery, reload, shutdown.
 
-Workers are processes reached over one SEQPACKET socket each, read by the front's event
-loop (``add_reader``), so a reply costs one ``recv`` and no thread hop. A worker's death is
-seen at once as EOF on its socket; its batches are retried once elsewhere, and a
-replacement is started and warmed while the others serve.
+Each worker is reached through a ``WorkerLink`` (``worker_link.py``: the real one is a
+process on a SEQPACKET socket read by the front's event loop). A worker's death is seen at
+once as the end of its link; its batches are retried once elsewhere, and a replacement is
+started and warmed while the others serve.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import itertools
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 
@@ -41,12 +36,12 @@ from server.errors import (
     WorkerLost,
 )
 from server.outputs import ROW_BYTES
+from server.worker_link import Launch, ProcessLink, WorkerLink
 
 log = logging.getLogger("server.pool")
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(SPECS))
 MODEL_INDEX: dict[str, int] = {name: i for i, name in enumerate(MODEL_NAMES)}
-_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 class WorkerState(enum.StrEnum):
@@ -74,8 +69,7 @@ class Pending:
 @dataclass(slots=True, eq=False)
 class WorkerHandle:
     slot: int
-    process: subprocess.Popen
-    sock: object
+    link: WorkerLink
     state: WorkerState = WorkerState.STARTING
     in_flight: int = 0
     served: int = 0
@@ -87,7 +81,7 @@ class WorkerHandle:
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.link.pid
 
 
 # result of one row: (outputs, the version that computed them, inference ns)
@@ -110,8 +104,16 @@ class WorkerPool:
         balancer: Balancer | None = None,
         on_batch: Callable[[str, int, float, int], None] | None = None,
         on_worker_event: Callable[[str, int], None] | None = None,
+        launch: Launch = ProcessLink,
+        load_models: Callable[[ServerConfig], list] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``launch`` starts a worker, ``load_models`` loads the front's own copy (default:
+        ``server.worker.load_endpoints``), ``sleep`` waits between replacement attempts."""
         self.config = config
+        self._launch = launch
+        self._load_models = load_models
+        self._sleep = sleep
         self.balancer = balancer or make_balancer(config.balancer)
         self.active: list[WorkerHandle] = []
         self.draining: list[WorkerHandle] = []
@@ -157,10 +159,12 @@ class WorkerPool:
         (at low load the hop to a worker, two wake-ups and cold caches, costs several times
         the model itself), and for every request while no worker is ready (a crash, until
         its replacement has warmed up)."""
-        from server.worker import load_endpoints
+        load = self._load_models
+        if load is None:
+            from server.worker import load_endpoints as load
 
         loop = asyncio.get_running_loop()
-        endpoints = await loop.run_in_executor(None, load_endpoints, self.config)
+        endpoints = await loop.run_in_executor(None, load, self.config)
         loaded = {ep.spec.name: ep.served.version for ep in endpoints}
         if loaded != versions:
             log.warning("front loaded %s but workers serve %s; inline lane off", loaded, versions)
@@ -185,24 +189,19 @@ class WorkerPool:
         return workers
 
     def _spawn(self, slot: int, restarts: int = 0) -> WorkerHandle:
-        front, child = protocol.socket_pair()
-        env = dict(os.environ)
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.worker", "--fd", str(child.fileno())],
-            pass_fds=(child.fileno(),),
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        child.close()
-        front.setblocking(False)
-        loop = asyncio.get_running_loop()
-        handle = WorkerHandle(slot=slot, process=process, sock=front, restarts=restarts)
-        handle.ready = loop.create_future()
-        loop.add_reader(front.fileno(), self._on_readable, handle)
-        front.send(self._config_frame)
-        self._on_worker_event("started", process.pid)
+        handle: WorkerHandle | None = None
+
+        def on_frame(frame: bytes) -> None:
+            self._on_frame(handle, frame)  # type: ignore[arg-type]
+
+        def on_lost() -> None:
+            self._on_worker_lost(handle)  # type: ignore[arg-type]
+
+        link = self._launch(on_frame, on_lost)
+        handle = WorkerHandle(slot=slot, link=link, restarts=restarts)
+        handle.ready = asyncio.get_running_loop().create_future()
+        link.send(self._config_frame)
+        self._on_worker_event("started", link.pid)
         return handle
 
     async def _await_ready(self, worker: WorkerHandle) -> None:
@@ -275,7 +274,7 @@ class WorkerPool:
         while eligible:
             worker = self.balancer.choose(eligible)
             try:
-                worker.sock.send(pending.frame)
+                worker.link.send(pending.frame)
                 break
             except BlockingIOError:  # its socket buffer is full: another worker may take it
                 eligible.remove(worker)
@@ -338,20 +337,6 @@ class WorkerPool:
 
     # ---------------------------------------------------------------- replies
 
-    def _on_readable(self, worker: WorkerHandle) -> None:
-        sock = worker.sock
-        while True:
-            try:
-                frame = sock.recv(protocol.MAX_FRAME_BYTES)
-            except BlockingIOError:
-                return
-            except OSError:
-                frame = b""
-            if not frame:
-                self._on_worker_lost(worker)
-                return
-            self._on_frame(worker, frame)
-
     def _on_frame(self, worker: WorkerHandle, frame: bytes) -> None:
         req_id, kind, rows, elapsed_ns = protocol.REPLY.unpack_from(frame)
         if kind == protocol.KIND_READY:
@@ -400,6 +385,8 @@ class WorkerPool:
     # ---------------------------------------------------------------- failures
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
+        if worker.state is WorkerState.DEAD and not worker.pending:
+            return  # retired or already counted: its end is expected
         was = worker.state
         self._detach(worker)
         worker.state = WorkerState.DEAD
@@ -432,7 +419,7 @@ class WorkerPool:
             except StartFailed as exc:
                 log.error("replacement worker failed: %s", exc)
                 self._kill(fresh)
-                await asyncio.sleep(backoff_s)
+                await self._sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
                 continue
             if self._closing or dead not in self.active:
@@ -443,10 +430,7 @@ class WorkerPool:
             return
 
     def _detach(self, worker: WorkerHandle) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(worker.sock.fileno())
-        with contextlib.suppress(OSError):
-            worker.sock.close()
+        worker.link.close()
 
     def _retire(self, worker: WorkerHandle) -> None:
         """Closing the socket is the worker's signal to exit."""
@@ -456,12 +440,11 @@ class WorkerPool:
             self._spawn_task(self._reap(worker))
 
     def _kill(self, worker: WorkerHandle) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            worker.process.send_signal(signal.SIGKILL)
+        worker.link.kill()
 
     async def _reap(self, worker: WorkerHandle) -> None:
         deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace_s
-        while worker.process.poll() is None:
+        while not worker.link.exited():
             if asyncio.get_running_loop().time() > deadline:
                 self._kill(worker)
             await asyncio.sleep(0.02)
