@@ -250,14 +250,14 @@ class WorkerPool:
         assert self.inline is not None
         start = time.perf_counter_ns()
         try:
-            out, finite = self.inline[model_idx].infer(memoryview(bytearray(row)), 1)
+            outputs, finite = self.inline[model_idx].infer_one(row)
         except Exception as exc:
             raise WorkerFailed(f"inference failed: {type(exc).__name__}: {exc}") from None
         elapsed = time.perf_counter_ns() - start
         self._on_batch(MODEL_NAMES[model_idx], 1, elapsed / 1000.0, self._pid)
-        if not finite[0]:
+        if not finite:
             raise non_finite(model_idx)
-        return out.tobytes(), self.model_versions[model_idx], elapsed
+        return outputs, self.model_versions[model_idx], elapsed
 
     def _eligible(self, rows: int, exclude: WorkerHandle | None) -> list[WorkerHandle]:
         limit = self._limit - rows
@@ -298,13 +298,13 @@ class WorkerPool:
         header = protocol.REQUEST.size
         start = time.perf_counter_ns()
         try:
-            out, finite = self.inline[pending.model_idx].infer(
-                memoryview(bytearray(pending.frame))[header:], pending.rows
+            status, out = self.inline[pending.model_idx].infer(
+                memoryview(pending.frame)[header:], pending.rows
             )
         except Exception as exc:
             return self._fail(pending, WorkerFailed(f"inference failed: {type(exc).__name__}"))
         elapsed = time.perf_counter_ns() - start
-        frame = bytes(protocol.REPLY.size) + (~finite).view("u1").tobytes() + out.tobytes()
+        frame = bytes(protocol.REPLY.size) + status + out
         self._resolve(pending, frame, self.model_versions[pending.model_idx], elapsed)
         self._on_batch(MODEL_NAMES[pending.model_idx], pending.rows, elapsed / 1000.0, self._pid)
 

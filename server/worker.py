@@ -24,7 +24,7 @@ from models.ensemble import EnsembleRule
 from models.spec import SPECS
 from server import protocol
 from server.config import ServerConfig, config_from_json_dict
-from server.outputs import row_outputs
+from server.engine import Engine, NumpyModel, open_fused
 
 _PR_SET_PDEATHSIG = 1
 
@@ -38,19 +38,36 @@ def _die_with_parent() -> None:
 
 
 class ModelEndpoint:
-    """One loaded model: runs a batch into the rows' outputs (``server.outputs``)."""
+    """One loaded model: a batch in, every row's outputs (``server.outputs``) and a status
+    byte per row out, from one runtime call (``server.engine``)."""
 
-    def __init__(self, served, rule: EnsembleRule) -> None:
+    __slots__ = ("engine", "infer", "infer_one", "rule", "served", "shape", "spec")
+
+    def __init__(self, served, rule: EnsembleRule, engine: Engine) -> None:
         self.served = served
         self.rule = rule
         self.spec = rule.spec
         self.shape = self.spec.observation_shape
+        self.engine = engine
+        # infer(payload, rows) -> (status bytes, outputs); infer_one(row) -> (outputs, finite)
+        self.infer = engine.infer
+        self.infer_one = engine.infer_one
 
-    def infer(self, payload: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows x 12 float32 outputs, per row: all finite)."""
-        obs = np.frombuffer(payload, dtype=np.float32).reshape(rows, *self.shape)
-        probs, value = self.served.runner.run(obs)
-        return row_outputs(probs, value, self.rule)
+
+def open_engine(config: ServerConfig, served, rule: EnsembleRule) -> Engine:
+    """An ONNX artifact runs with the decision folded into its graph (``FusedModel``), from
+    its bytes read once more and checked against the sha256 the loader checked; the other
+    runtimes keep their runner and the numpy decision."""
+    from optimize.loader import ArtifactIntegrityError, sha256_bytes
+
+    if served.runtime != "onnxruntime":
+        return NumpyModel(served.runner, rule)
+    data = served.file.read_bytes()
+    if sha256_bytes(data) != served.sha256:
+        raise ArtifactIntegrityError(
+            f"{served.file} changed while it was being loaded; re-run `python -m optimize`"
+        )
+    return open_fused(data, rule, threads=config.worker_threads)
 
 
 def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
@@ -61,7 +78,7 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
     manifest = load_manifest(config.artifacts_dir)
     endpoints = []
     for name in sorted(SPECS):
-        # warm_up() below exercises the whole path (runtime, ensemble, fragments), so the
+        # warm_up() below exercises the whole path (runtime, decision, bindings), so the
         # loader's own warm-up calls would only repeat part of it
         served = load_served(
             config.artifacts_dir,
@@ -71,7 +88,7 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
             warmup_calls=0,
         )
         rule = EnsembleRule(SPECS[name], config.weights_for(name))
-        endpoints.append(ModelEndpoint(served, rule))
+        endpoints.append(ModelEndpoint(served, rule, open_engine(config, served, rule)))
     warm_up(endpoints, config.warmup_calls)
     return endpoints
 
@@ -80,9 +97,9 @@ def warm_up(endpoints: list[ModelEndpoint], calls: int) -> None:
     rng = np.random.default_rng(0)
     for ep in endpoints:
         for batch in (1, 8, 32):
-            obs = rng.standard_normal((batch, *ep.shape)).astype(np.float32)
+            obs = rng.standard_normal((batch, *ep.shape)).astype(np.float32).tobytes()
             for _ in range(max(1, calls // batch)):
-                ep.infer(memoryview(bytearray(obs.tobytes())), batch)
+                ep.infer(obs, batch)
 
 
 def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
@@ -101,14 +118,14 @@ def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
         req_id, model_idx, rows = header.unpack_from(buffer)
         start = clock()
         try:
-            out, finite = endpoints[model_idx].infer(view[head:size], rows)
+            status, out = endpoints[model_idx].infer(view[head:size], rows)
         except Exception as exc:  # answer, never die: the front turns this into a 500
             message = f"{type(exc).__name__}: {exc}".encode()[:4000]
             sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
             continue
         elapsed = min(clock() - start, 0xFFFFFFFF)
-        status = (~finite).view(np.uint8).tobytes()
-        sock.send(reply.pack(req_id, protocol.KIND_OK, rows, elapsed) + status + out.tobytes())
+        # one message from three buffers: no concatenation
+        sock.sendmsg((reply.pack(req_id, protocol.KIND_OK, rows, elapsed), status, out))
 
 
 def main(argv: list[str] | None = None) -> int:
