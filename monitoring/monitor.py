@@ -544,6 +544,10 @@ class Monitor:
         """The other processes' latest exports, added to the views until the next call."""
         self._peers = [FrozenState(doc, self._max_slices) for doc in docs]
 
+    def own_requests(self) -> int:
+        """Requests answered by this process, its earlier lives included."""
+        return sum(sum(s.status.values()) for s in (*self._own_series(), *self._inherited))
+
     def own_served(self) -> dict[int, int]:
         """Per worker slot of this process: served across its restarts."""
         slots = self._served_base.keys() | self._served_last.keys()

@@ -219,7 +219,7 @@ class InferCore:
         if fut is None:
             if not breaker.allow():
                 return self.reject(job, _circuit_open(idx, breaker))
-            if alone and self.pool.idle():
+            if (alone or self.pool.inline_only) and self.pool.idle():
                 try:
                     outputs, version, inference_ns = self.pool.run_inline(idx, row)
                 except ApiError as error:
