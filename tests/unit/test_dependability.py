@@ -238,3 +238,23 @@ def test_budget_flag_validated(budget: str) -> None:
 
     with pytest.raises(ConfigError, match="latency_budget_ms"):
         load_config(["--latency-budget-ms", budget], {})
+
+
+def test_a_failure_to_render_is_one_500_in_the_codecs_shape() -> None:
+    async def scenario() -> None:
+        pool = FailingPool()
+        pool.error = None
+        endpoint, _ = _endpoint(pool, ServerConfig(busy_poll_us=0))
+
+        def broken(_outputs: list) -> list:
+            raise RuntimeError("a rendering bug")
+
+        endpoint.renderers[MODEL_INDEX["tactical"]] = SimpleNamespace(fragments=broken)
+        answers: list[tuple] = []
+        endpoint.handle(RequestHead([], None), _body(0.7), lambda *a: answers.append(a))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        ((status, _type, body, _headers),) = answers
+        assert status == 500 and orjson.loads(body)["error"]["code"] == "internal_error"
+
+    asyncio.run(scenario())
