@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +63,17 @@ def _checkpoint(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def _call_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 10:
-        raise argparse.ArgumentTypeError(f"{value}: at least 10 calls are needed")
-    return value
+def _at_least(minimum: int, unit: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: at least {minimum} {unit} are needed")
+        return value
+
+    return parse
 
 
 def _tolerance_text(tol: Tolerance) -> str:
@@ -116,9 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--calls",
-        type=_call_count,
+        type=_at_least(10, "calls"),
         default=OptimizeConfig.calls,
         help="timed batch-1 calls per variant (default %(default)s)",
+    )
+    p.add_argument(
+        "--fidelity-rows",
+        type=_at_least(1000, "rows"),
+        default=OptimizeConfig.fidelity_rows,
+        help="rows per held-out realistic set (standard normal, Student-t(3)); default %(default)s",
+    )
+    p.add_argument(
+        "--calibration-rows",
+        type=_at_least(64, "rows"),
+        default=OptimizeConfig.calibration_rows,
+        help="standard-normal rows that calibrate static int8 (default %(default)s)",
     )
     p.add_argument("--onnx-exporter", choices=("dynamo", "legacy"), default="dynamo")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -140,6 +155,8 @@ def config_from_args(args: argparse.Namespace) -> OptimizeConfig:
         tolerance_int8=args.tol_int8,
         calls=args.calls,
         warmup_calls=min(OptimizeConfig.warmup_calls, args.calls),
+        fidelity_rows=args.fidelity_rows,
+        calibration_rows=args.calibration_rows,
         onnx_exporter=args.onnx_exporter,
         fail_variants=frozenset(args.fail_variant),
     )
