@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--onnx-exporter", choices=("dynamo", "legacy"), default="dynamo")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="print the fidelity and cost table (Markdown) on stdout",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     # Test hook: make a variant's build raise, to exercise the fallback path for real.
     p.add_argument(
@@ -168,6 +173,9 @@ def summary(manifest: Manifest, out_dir: Path, total_s: float) -> dict[str, Any]
         models[name] = {
             "selected": record.selected,
             "selection_reason": record.selection_reason,
+            "batch_variant": record.batch_variant,
+            "batch_min_rows": record.batch_min_rows,
+            "batch_selection_reason": record.batch_selection_reason,
             "fallbacks": [{"variant": f.variant, "error": f.error} for f in record.fallbacks],
             "variants": {
                 v.name.value: {
@@ -176,6 +184,10 @@ def summary(manifest: Manifest, out_dir: Path, total_s: float) -> dict[str, Any]
                     "max_abs_error_probs": v.max_abs_error_probs,
                     "max_abs_error_value": v.max_abs_error_value,
                     "latency_us": v.latency_us.as_dict() if v.latency_us else None,
+                    "per_sample_us": v.per_sample_us,
+                    "eligible": v.eligible,
+                    "eligibility": v.eligibility,
+                    "agreement": v.agreement_summary(),
                     "error": v.error,
                 }
                 for v in record.variants
@@ -212,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress(f"wrote {result['manifest']} in {total_s:.1f}s")
     if args.json:
         print(json.dumps(result, indent=2))
+    if args.table:
+        from optimize.table import markdown_table
+
+        print(markdown_table(manifest))
     if not result["ok"]:
         missing = [n for n, r in manifest.models.items() if r.selected is None]
         print(f"python -m optimize: no servable variant for {', '.join(missing)}", file=sys.stderr)

@@ -170,6 +170,22 @@ class VariantRecord:
             and self.file is not None
         )
 
+    def agreement_summary(self) -> dict[str, dict[str, float | None]]:
+        """As served, per realistic set and batch size: decision agreement with float32 and
+        the largest float32 margin among disagreements. What ``/models`` and reports show:
+        ``{"normal": {"batch_1": 1.0, "batch_32": 1.0, "max_disagreeing_margin": None}}``."""
+        out: dict[str, dict[str, float | None]] = {}
+        for f in self.fidelity:
+            if f.mode != FidelityMode.SERVED:
+                continue
+            entry = out.setdefault(f.case, {"max_disagreeing_margin": None})
+            entry[f"batch_{f.batch}"] = f.agreement
+            if f.max_disagreeing_margin is not None:
+                entry["max_disagreeing_margin"] = max(
+                    f.max_disagreeing_margin, entry["max_disagreeing_margin"] or 0.0
+                )
+        return out
+
     def fidelity_for(self, case: str, mode: FidelityMode, batch: int) -> Fidelity | None:
         for f in self.fidelity:
             if (f.case, f.mode, f.batch) == (case, mode, batch):

@@ -42,6 +42,7 @@ from optimize.manifest import (
 )
 from optimize.runners import TorchRunner, open_onnx
 from optimize.selection import select_batch_variant, select_variant
+from optimize.table import markdown_table
 
 INT8_TOL = Tolerance(probs=0.05, value=0.15)
 SPEC = models.get_spec("tactical")
@@ -396,3 +397,18 @@ def test_recorded_int8_figures_say_why_each_variant_is_eligible(artifacts_dir: P
             assert variant.eligibility and variant.eligibility.startswith(
                 "eligible" if variant.eligible else "not eligible"
             )
+
+
+def test_the_table_shows_each_variant_and_what_it_serves(artifacts_dir: Path) -> None:
+    manifest = load_manifest(artifacts_dir)
+    lines = markdown_table(manifest).splitlines()
+    assert len(lines) == 2 + sum(len(m.variants) for m in manifest.models.values())
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    for entry in manifest.models.values():
+        selected = next(line for line in lines if f"| {entry.name} | {entry.selected} |" in line)
+        assert "**" in selected
+    agreement = manifest.model("tactical").variant("onnx_int8_static").agreement_summary()
+    assert set(agreement) == {"normal", "student_t3", "mixed_1e3"}
+    assert all(
+        entry["batch_1"] >= 0.999 and entry["batch_32"] >= 0.999 for entry in agreement.values()
+    )
