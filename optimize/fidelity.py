@@ -147,12 +147,6 @@ def measure_guard(
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class FidelityResult:
-    figures: list[Fidelity]
-    served_errors: list[RowErrors]  # as served, every set and batch (for the variant's max)
-
-
 def fidelity_of(
     runner: Runner,
     sets: Mapping[str, np.ndarray],

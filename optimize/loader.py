@@ -22,7 +22,7 @@ from optimize.manifest import (
     MANIFEST_NAME,
     ArtifactIntegrityError,
     Fidelity,
-    FidelityMode,
+    Guard,
     Manifest,
     ManifestError,
     VariantRecord,
@@ -273,27 +273,35 @@ def reproduce_fidelity(
     variant runs alone and as served (behind the recorded guard). Returns the figures in
     the manifest's order; equal to the recorded ones when the artifacts are the ones
     measured, on this host. Imports torch (for the reference)."""
-    from optimize.fidelity import fidelity_of, realistic_sets
+    from optimize.fidelity import realistic_sets, verify_fidelity
 
     manifest = manifest if manifest is not None else load_manifest(artifacts_dir)
     settings, entry = manifest.settings, manifest.model(model)
     record = entry.variant(variant)
-    shape = tuple(entry.observation_shape)
-    sets = realistic_sets(shape, settings.verification_seed, settings.fidelity_rows)
+    sets = realistic_sets(
+        tuple(entry.observation_shape), settings.verification_seed, settings.fidelity_rows
+    )
     reference = load_variant(artifacts_dir, model, "eager_fp32", manifest=manifest, warmup_calls=0)
     expected = {case: reference.runner.run(x) for case, x in sets.items()}
-    batches = tuple(sorted({1, settings.fidelity_batch}))
-    rule = EnsembleRule(get_spec(model))
     alone = load_variant(artifacts_dir, model, variant, manifest=manifest, warmup_calls=0)
-    figures, _ = fidelity_of(alone.runner, sets, expected, rule, batches, FidelityMode.ALONE)
-    if record.guard is None:
-        served = [dataclasses.replace(f, mode=FidelityMode.SERVED) for f in figures]
-    else:
-        guarded = open_guarded_variant(artifacts_dir, manifest, model, variant, rule)
-        served, _ = fidelity_of(
-            guarded, sets, expected, rule, batches, FidelityMode.SERVED, guarded.fallbacks
-        )
-    return figures + served
+    guard = record.guard
+    guarded = None
+    if guard is not None:
+        rule = EnsembleRule(get_spec(model))
+
+        def guarded(_alone: object) -> tuple[Guard, GuardedRunnerType]:
+            # the recorded guard, not one measured again: that is what the server runs
+            return guard, open_guarded_variant(artifacts_dir, manifest, model, variant, rule)
+
+    figures, _, _ = verify_fidelity(
+        alone.runner,
+        sets,
+        expected,
+        model=model,
+        batches=tuple(sorted({1, settings.fidelity_batch})),
+        guarded=guarded,
+    )
+    return figures
 
 
 def verify_artifacts(artifacts_dir: Path) -> Manifest:
