@@ -135,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=OptimizeConfig.calibration_rows,
         help="standard-normal rows that calibrate static int8 (default %(default)s)",
     )
+    p.add_argument(
+        "--int8-batches",
+        action="store_true",
+        help="let the server serve batches with an eligible int8 variant behind its guards "
+        "where it is measured cheaper (default: measured and recorded, not enabled)",
+    )
     p.add_argument("--onnx-exporter", choices=("dynamo", "legacy"), default="dynamo")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument(
@@ -162,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> OptimizeConfig:
         warmup_calls=min(OptimizeConfig.warmup_calls, args.calls),
         fidelity_rows=args.fidelity_rows,
         calibration_rows=args.calibration_rows,
+        int8_batches=args.int8_batches,
         onnx_exporter=args.onnx_exporter,
         fail_variants=frozenset(args.fail_variant),
     )

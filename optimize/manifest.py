@@ -273,6 +273,7 @@ class MeasurementSettings:
     calibration_rows: int = 0
     calibration_seed: int = 0
     measured_batches: list[int] = field(default_factory=list)
+    int8_batches: bool = False  # whether the run was allowed to plan int8 for batches
 
 
 @dataclass(frozen=True)

@@ -349,6 +349,9 @@ def optimize_model(name: str, config: OptimizeConfig, progress: Progress) -> Mod
             progress(_measured_line(name, record))
     selected, reason = select_variant(final)
     batch_variant, batch_min_rows, batch_reason = select_batch_variant(final, selected)
+    if batch_variant is not None and not config.int8_batches:
+        batch_variant = batch_min_rows = None
+        batch_reason = f"not enabled (--int8-batches), measured: {batch_reason}"
     progress(f"{name:<10} selected {selected}: {reason}")
     progress(f"{name:<10} batches: {batch_reason}")
     return ModelRecord(
@@ -387,6 +390,7 @@ def _settings(config: OptimizeConfig) -> MeasurementSettings:
         calibration_rows=config.calibration_rows,
         calibration_seed=config.verification_seed,
         measured_batches=list(config.measured_batches),
+        int8_batches=config.int8_batches,
     )
 
 

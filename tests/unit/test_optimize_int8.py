@@ -14,6 +14,7 @@ import pytest
 
 import models
 from models.ensemble import EnsembleRule, decision_margin
+from optimize.config import OptimizeConfig
 from optimize.fidelity import (
     CLEAR_MARGIN,
     MIN_AGREEMENT,
@@ -40,6 +41,7 @@ from optimize.manifest import (
     VariantName,
     VariantRecord,
 )
+from optimize.pipeline import run_optimizer
 from optimize.runners import TorchRunner, open_onnx
 from optimize.selection import select_batch_variant, select_variant
 from optimize.table import markdown_table
@@ -412,3 +414,35 @@ def test_the_table_shows_each_variant_and_what_it_serves(artifacts_dir: Path) ->
     assert all(
         entry["batch_1"] >= 0.999 and entry["batch_32"] >= 0.999 for entry in agreement.values()
     )
+
+
+def test_int8_for_batches_is_recorded_only_when_enabled(
+    artifacts_dir: Path, tmp_path: Path
+) -> None:
+    default = load_manifest(artifacts_dir)
+    assert not default.settings.int8_batches
+    for entry in default.models.values():
+        assert entry.batch_variant is None and entry.batch_min_rows is None
+        served = load_served(artifacts_dir, entry.name, warmup_calls=0)
+        assert served.batch_variant is None and served.runner.fallbacks() == {
+            "range": 0,
+            "margin": 0,
+        }
+    config = OptimizeConfig(
+        out_dir=tmp_path,
+        models=("strategic",),
+        variants=(VariantName.ONNX_FP32, VariantName.ONNX_INT8_STATIC),
+        calls=200,
+        warmup_calls=20,
+        rounds=2,
+        fidelity_rows=1000,
+        int8_batches=True,
+    )
+    entry = run_optimizer(config).model("strategic")
+    if entry.batch_variant is None:  # timing decides; then the reason says why not
+        assert "not clearly cheaper" in entry.batch_selection_reason
+    else:
+        assert entry.batch_variant == VariantName.ONNX_INT8_STATIC
+        assert entry.batch_min_rows in config.measured_batches
+        served = load_served(tmp_path, "strategic", warmup_calls=0)
+        assert served.batch_min_rows == entry.batch_min_rows
