@@ -145,6 +145,24 @@ def test_wrong_schema_version_is_refused_with_what_to_do() -> None:
         Manifest.from_dict(data)
 
 
+def test_a_schema_1_manifest_still_loads_and_serves_float32_only() -> None:
+    data = sample_manifest().to_dict()
+    data["schema_version"] = 1
+    schema_2_only = {
+        "variant": ("fidelity", "guard", "eligible", "eligibility", "per_sample_us"),
+        "model": ("batch_variant", "batch_min_rows", "batch_selection_reason"),
+    }
+    entry = data["models"]["tactical"]
+    for key in schema_2_only["model"]:
+        del entry[key]
+    for variant in entry["variants"]:
+        for key in schema_2_only["variant"]:
+            del variant[key]
+    old = Manifest.from_dict(data).models["tactical"]
+    assert old.batch_variant is None and old.variants[1].eligible is None
+    assert old.selected_variant.servable  # within tolerance was all schema 1 knew
+
+
 def test_bad_field_is_named_by_its_path() -> None:
     data = sample_manifest().to_dict()
     data["models"]["tactical"]["variants"][1]["size_bytes"] = "big"
