@@ -24,8 +24,9 @@ from optimize.runners import (
     OBSERVATION_INPUT,
     OUTPUT_NAMES,
     Runner,
+    direct_run,
     open_runner,
-    ort_session_options,
+    open_session,
 )
 
 # The threshold is this many times twice the largest error seen on the verification sets:
@@ -216,8 +217,7 @@ class GuardedOrtRunner:
         self._feed_name = OBSERVATION_INPUT
         self._outputs = [*OUTPUT_NAMES, *GUARD_OUTPUTS]
         self._options = ort.RunOptions()
-        binding = getattr(session, "_sess", None)
-        self._run = binding.run if binding is not None and hasattr(binding, "run") else session.run
+        self._run = direct_run(session)
         self._count = np.count_nonzero
         self.counts = FallbackCounts()
 
@@ -251,13 +251,8 @@ def open_guarded(
     """int8 behind its guards, from the two artifacts' (checked) bytes: ONNX as one composed
     session, other runtimes as two runners and numpy bookkeeping."""
     if runtime == Runtime.ONNXRUNTIME:
-        import onnxruntime as ort
-
         composed = compose_guarded_onnx(int8, fp32, guard, rule.weights, threshold_for(guard, rule))
-        session = ort.InferenceSession(
-            composed, ort_session_options(threads), providers=["CPUExecutionProvider"]
-        )
-        return GuardedOrtRunner(session)
+        return GuardedOrtRunner(open_session(composed, threads=threads))
     model = rule.spec.name
     return GuardedRunner(
         open_runner(runtime, int8, model=model, threads=threads),
@@ -295,10 +290,16 @@ class ServedRunner:
         self.run = run
 
     def fallbacks(self) -> dict[str, int]:
-        """Rows the guards sent to float32 since loading (zeros without int8)."""
+        """Rows the guards sent to float32 since loading or the last reset (zeros without
+        int8 for batches)."""
         if self._guarded is None:
             return FallbackCounts().as_dict()
         return self._guarded.fallbacks()
+
+    def reset_counts(self) -> None:
+        """Zero the counts, e.g. after the server's own warm-up, which runs batches too."""
+        if self._guarded is not None:
+            self._guarded.counts.reset()
 
     def int8_rows(self) -> int:
         """Rows that went to the guarded int8 runner (answered by int8 or its fallbacks)."""

@@ -337,6 +337,8 @@ def test_served_runner_takes_int8_for_batches_only(artifacts_dir: Path, tmp_path
     assert served.runner.int8_rows() == 0
     served.runner.run(x)
     assert served.runner.int8_rows() == 8 and served.runner.fallbacks()["range"] == 1
+    served.runner.reset_counts()
+    assert served.runner.int8_rows() == 0 and served.runner.fallbacks() == {"range": 0, "margin": 0}
 
 
 def served_decisions_check(runner: object, name: str, batch: int) -> dict[str, float]:
