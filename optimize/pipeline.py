@@ -213,6 +213,8 @@ def build_variant(
         return dataclasses.replace(base, error=_short_error(exc), notes=notes), None
     inputs.built[plan.name] = path
     err_probs, err_value, worst = _served_errors(checked, figures)
+    within = err_probs <= tolerance.probs and err_value <= tolerance.value
+    detail = checked.detail or (None if within else f"beyond tolerance as served ({worst})")
     eligible, why = eligibility(figures, tolerance, checked.within_tolerance, checked.detail)
     record = dataclasses.replace(
         base,
@@ -223,8 +225,8 @@ def build_variant(
         max_abs_error_probs=err_probs,
         max_abs_error_value=err_value,
         worst_case=checked.worst_case if err_probs == checked.max_abs_error_probs else worst,
-        within_tolerance=checked.within_tolerance,
-        tolerance_detail=checked.detail or None,
+        within_tolerance=within,
+        tolerance_detail=detail,
         build_s=round(build_s, 3),
         notes=[*notes, *captured.notes()],
         fidelity=figures,
