@@ -64,3 +64,15 @@ def test_served_batches_agree_with_float32_decisions(int8_artifacts: Path, model
             assert error <= 0.05, (case, error)
             if case == "normal":  # int8 did answer: float32 variants differ by ~1e-5
                 assert error > 1e-3, error
+        int8 = httpx.get(f"{server.url}/stats").json()["int8"][model]
+        # Student-t(3) rows mostly fall outside the calibrated range: the range guard's
+        assert int8["int8_rows"] == 4000 and int8["range_fallbacks"] > 1000, int8
+        assert int8["margin_fallbacks"] > 0, int8
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert f'pis_int8_rows_total{{model="{model}"}} 4000' in metrics
+        assert f'pis_int8_guard_fallbacks_total{{model="{model}",guard="range"}}' in metrics
+        served = httpx.get(f"{server.url}/models").json()[model]
+        assert served["batches"]["variant"] == "onnx_int8_static"
+        assert served["batches"]["from_rows"] == 8
+        assert served["batches"]["agreement"]["normal"]["batch_32"] >= 0.999
+        assert served["agreement"]["normal"]["batch_1"] == 1.0

@@ -13,7 +13,7 @@ import pytest
 from models.spec import SPECS
 from server import core as core_module
 from server.batching import Batcher
-from server.breaker import BreakerState, CircuitBreaker, breaker_alerts, breaker_metrics
+from server.breaker import BreakerState, CircuitBreaker
 from server.cache import ResponseCache, key_prefix
 from server.codecs import native
 from server.codecs.native import NativeEndpoint
@@ -23,6 +23,7 @@ from server.errors import InferenceTimeout, WorkerFailed, WorkerLost
 from server.fastlane import http_protocol, missing_hooks
 from server.head import RequestHead
 from server.pool import MODEL_INDEX, MODEL_NAMES
+from server.served_metrics import breaker_alerts, breaker_metrics
 from server.validation import RequestParser
 from tests.fakes import FakeClock
 
