@@ -8,9 +8,10 @@ client saw it into:
 
 - ``to_front``: from the client's send to the front's first callback (the kernel, the wake-up
   of the front's event loop, whatever the loop was doing),
-- ``in_front``: from that callback to the answer's write (HTTP parsing, parse, cache,
-  inference, render),
-- ``back``: from the write to the client having the whole answer,
+- ``in_front``: from that callback to the answer being handed to the transport (HTTP
+  parsing, parse, cache, inference, render),
+- ``back``: from there to the client having the whole answer (the write, the kernel, the
+  client's wake-up),
 
 then prints the percentiles of each part, and for the slowest 1% of requests which part
 grew and what was going on: a collection, a tick, the loop not polling when the request came.
@@ -62,9 +63,9 @@ def serve(argv: list[str], out: Path) -> int:
         original_data(self, data)
 
     def write(self, cycle, status, content_type, body, headers) -> None:
-        original_write(self, cycle, status, content_type, body, headers)
-        writes.append(_clock())
+        writes.append(_clock())  # the answer is ready: what follows is the way back
         self._awaiting = True
+        original_write(self, cycle, status, content_type, body, headers)
 
     protocol.data_received = data_received
     protocol._write = write
@@ -102,6 +103,13 @@ def serve(argv: list[str], out: Path) -> int:
             ticks=np.frombuffer(ticks, dtype=np.int64),
         )
 
+    def dump_and_exit(_signum: int, _frame: object) -> None:
+        dump()
+        os._exit(0)
+
+    # uvicorn raises the signal again once it has shut down, with the handler it found in
+    # place: this one
+    signal.signal(signal.SIGTERM, dump_and_exit)
     atexit.register(dump)
     return entry.main(argv)
 

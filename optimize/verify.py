@@ -1,7 +1,14 @@
 """Agreement with the float32 reference on a fixed set of observations.
 
 The set covers ordinary inputs, all zeros, extreme magnitudes (which saturate the clamped
-hidden units and stress int8's per-tensor activation scale) and a full batch.
+hidden units and stress int8's per-tensor activation scale), a full batch, and magnitudes up
+to float32's maximum, where the float32 reference itself overflows on some rows. On those
+``overflow_`` cases a variant must run and answer float32 of the right shape, and may answer
+NaN or infinity: the server refuses such a row (422 ``non_finite_output``, never a decision
+without numbers), whatever the runtime. Their values are not compared: near 1e38 the
+runtimes' different but equally valid float32 rounding decides which rows overflow (of 16
+rows at +-2e38, ONNX Runtime overflowed on 2 that PyTorch computed and computed others
+PyTorch overflowed on), and no z-scored input comes near.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from optimize.manifest import Tolerance
 from optimize.runners import Runner
 
 Outputs = tuple[np.ndarray, np.ndarray]
+OVERFLOW = "overflow_"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class VerificationError(Exception):
@@ -46,6 +55,9 @@ def verification_inputs(observation_shape: tuple[int, int], seed: int) -> dict[s
         "large_1e6": normal(64, 1e6),
         "positive_uniform": rng.uniform(0.0, 1.0, (32, *observation_shape)),
         "batch32": normal(32),
+        f"{OVERFLOW}1e30": normal(16, 1e30),
+        f"{OVERFLOW}2e38": rng.choice([-2e38, 2e38], (16, *observation_shape)),
+        f"{OVERFLOW}max": rng.choice([-1.0, 1.0], (16, *observation_shape)) * _FLOAT32_MAX,
     }
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in cases.items()}
 
@@ -64,7 +76,7 @@ def _check_outputs(case: str, got: Outputs, expected: Outputs) -> None:
             raise VerificationError(
                 f"{case}: {label} is {dtype} of shape {shape}, expected float32 {e.shape}"
             )
-        if not np.all(np.isfinite(g)):
+        if not case.startswith(OVERFLOW) and not np.all(np.isfinite(g)):
             raise VerificationError(f"{case}: {label} has non-finite values")
 
 
@@ -77,9 +89,12 @@ def verify(
     worst_probs, worst_value = (0.0, ""), (0.0, "")
     for case, x in inputs.items():
         got = runner.run(x)
-        _check_outputs(case, got, expected[case])
-        err_probs = float(np.max(np.abs(got[0] - expected[case][0])))
-        err_value = float(np.max(np.abs(got[1] - expected[case][1])))
+        want = expected[case]
+        _check_outputs(case, got, want)
+        if case.startswith(OVERFLOW):
+            continue
+        err_probs = float(np.max(np.abs(got[0] - want[0])))
+        err_value = float(np.max(np.abs(got[1] - want[1])))
         worst_probs = max(worst_probs, (err_probs, case))
         worst_value = max(worst_value, (err_value, case))
     problems = [

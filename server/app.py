@@ -18,7 +18,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitoring import PROMETHEUS_CONTENT_TYPE
 from server.asgi_route import asgi_post, send_answer
-from server.breaker import breaker_alerts, breaker_metrics
 from server.codecs.base import JSON, retry_headers
 from server.codecs.oip_rest import error_body as oip_error_body
 from server.config import ServerConfig
@@ -26,6 +25,7 @@ from server.errors import ApiError, NoHealthyWorker, error_body
 from server.oip_routes import add_oip_routes, oip_error
 from server.pool import MODEL_NAMES
 from server.runtime import ReloadRefused, Runtime
+from server.served_metrics import breaker_alerts, breaker_metrics, int8_metrics, int8_stats
 
 log = logging.getLogger("server")
 
@@ -63,8 +63,30 @@ def _model_info(runtime: Runtime) -> dict[str, Any]:
             "fallbacks": [{"variant": f.variant, "error": f.error} for f in entry.fallbacks],
             "observation_shape": entry.observation_shape,
             "agents": entry.agents,
+            "agreement": variant.agreement_summary(),
+            "batches": _batch_info(entry),
         }
     return out
+
+
+def _batch_info(entry: Any) -> dict[str, Any] | None:
+    """The int8 variant serving batches (behind its guards), if the optimizer planned one."""
+    if entry.batch_variant is None:
+        return None
+    variant = entry.variant(entry.batch_variant)
+    return {
+        "variant": variant.name,
+        "from_rows": entry.batch_min_rows,
+        "precision": variant.precision,
+        "sha256": variant.sha256,
+        "size_bytes": variant.size_bytes,
+        "max_abs_error": {
+            "probs": variant.max_abs_error_probs,
+            "value": variant.max_abs_error_value,
+        },
+        "agreement": variant.agreement_summary(),
+        "selection_reason": entry.batch_selection_reason,
+    }
 
 
 def _lifespan(runtime: Runtime):
@@ -143,6 +165,7 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
                 name: b.snapshot()
                 for name, b in zip(MODEL_NAMES, runtime.core.breakers, strict=True)
             }
+            data["int8"] = int8_stats(MODEL_NAMES, runtime.core.pool.int8_counts)
         return JSONResponse(data)
 
     @api.api_route("/alerts", methods=["GET", "HEAD"])
@@ -162,6 +185,7 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
         body = runtime.monitor.prometheus_text(runtime.workers())
         if runtime.core is not None:
             body += breaker_metrics(MODEL_NAMES, runtime.core.breakers)
+            body += int8_metrics(MODEL_NAMES, runtime.core.pool.int8_counts)
         return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
 
     @api.post("/admin/reload")

@@ -4,11 +4,14 @@ pipelined ones) and for any other ASGI server. Same codecs, same core."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from server.codecs.base import Endpoint, Headers
-from server.errors import ApiError, MethodNotAllowed
+from server.errors import ApiError, InternalError, MethodNotAllowed
 from server.head import RequestHead
+
+log = logging.getLogger("server")
 
 
 async def send_answer(
@@ -26,7 +29,8 @@ async def asgi_post(endpoint: Endpoint, scope: dict, receive: Any, send: Any) ->
     answer: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def respond(status: int, content_type: bytes, data: bytes, headers: Headers) -> None:
-        answer.set_result((status, content_type, data, headers))
+        if not answer.done():
+            answer.set_result((status, content_type, data, headers))
 
     try:
         if scope["method"] != "POST":
@@ -36,7 +40,11 @@ async def asgi_post(endpoint: Endpoint, scope: dict, receive: Any, send: Any) ->
     except ApiError as error:
         endpoint.refuse(error, respond)
     else:
-        endpoint.handle(head, body, respond)
+        try:
+            endpoint.handle(head, body, respond)
+        except Exception:  # a bug, never the client's doing: answer, do not drop it
+            log.exception("handling POST %s failed", scope["path"])
+            endpoint.refuse(InternalError("the server failed on this request"), respond)
     await send_answer(send, *await answer)
 
 

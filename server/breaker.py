@@ -80,38 +80,3 @@ class CircuitBreaker:
             "opened_total": self.opened,
             "retry_after_s": self.retry_after_s if self.state is BreakerState.OPEN else 0,
         }
-
-
-def breaker_metrics(names: tuple[str, ...], breakers: list[CircuitBreaker]) -> bytes:
-    """Prometheus text for the circuits, appended to the monitor's /metrics body."""
-    lines = [
-        "# HELP pis_circuit_state Circuit breaker state per model (1 for the current state).",
-        "# TYPE pis_circuit_state gauge",
-    ]
-    for name, breaker in zip(names, breakers, strict=True):
-        for state in BreakerState:
-            value = int(breaker.state is state)
-            lines.append(f'pis_circuit_state{{model="{name}",state="{state.value}"}} {value}')
-    lines += [
-        "# HELP pis_circuit_opened_total Times the model's circuit opened.",
-        "# TYPE pis_circuit_opened_total counter",
-    ]
-    for name, breaker in zip(names, breakers, strict=True):
-        lines.append(f'pis_circuit_opened_total{{model="{name}"}} {breaker.opened}')
-    return ("\n".join(lines) + "\n").encode()
-
-
-def breaker_alerts(names: tuple[str, ...], breakers: list[CircuitBreaker]) -> list[dict]:
-    """A firing alert per model whose circuit is not closed, in /alerts' shape."""
-    return [
-        {
-            "name": "circuit_open",
-            "severity": "critical",
-            "model": name,
-            "state": breaker.state.value,
-            "message": f"{name}: calls keep failing or timing out; requests get 503 until a "
-            "probe succeeds",
-        }
-        for name, breaker in zip(names, breakers, strict=True)
-        if breaker.state is not BreakerState.CLOSED
-    ]

@@ -11,6 +11,7 @@ It is written with callbacks, not coroutines, so that the protocol-level fast la
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ from server.errors import (
     ApiError,
     CircuitOpen,
     InferenceTimeout,
+    InternalError,
     NoHealthyWorker,
     NonFiniteOutput,
     Overloaded,
@@ -36,6 +38,7 @@ from server.errors import (
 from server.pool import MODEL_NAMES, WorkerPool
 from server.ratelimit import RateLimiter
 
+log = logging.getLogger("server")
 _NS_PER_US = 1000.0
 # A request may run inline in the front only when it is alone: the front sat idle at least
 # _IDLE_GAP_NS before it, and its connection has sent every request for over _ONE_PEER_NS
@@ -210,7 +213,8 @@ class InferCore:
         hit = self.cache.get(key)
         if hit is not None:
             looked_up = time.perf_counter_ns()
-            job.answer(self.pool.model_versions[idx], [hit], [True])
+            if not self.deliver(job, self.pool.model_versions[idx], [hit], [True]):
+                return
             self.record_ok(job, looked_up, looked_up, 0, True)
             return
         looked_up = time.perf_counter_ns()
@@ -228,7 +232,8 @@ class InferCore:
                 breaker.success()
                 self.cache.put(key, outputs)
                 done = time.perf_counter_ns()
-                job.answer(version, [outputs], [False])
+                if not self.deliver(job, version, [outputs], [False]):
+                    return
                 self.record_ok(job, looked_up, done, inference_ns, False)
                 return
             fut = self._queue(idx, key, row)
@@ -244,7 +249,8 @@ class InferCore:
             breaker.success()
             outputs, version, inference_ns = f.result()
             finished = time.perf_counter_ns()
-            job.answer(version, [outputs], [False])
+            if not self.deliver(job, version, [outputs], [False]):
+                return
             self.record_ok(job, looked_up, finished, inference_ns, False)
 
         fut.add_done_callback(done)
@@ -282,6 +288,17 @@ class InferCore:
                 return self.reject(job, _circuit_open(idx, breaker))
             futures.extend((i, self._queue(idx, key, row)) for i, key, row in misses)
         RowsAnswer(self, job, outputs, cached, time.perf_counter_ns()).wait(futures)
+
+    def deliver(self, job: Job, version: str, outputs: list[bytes], cached: list[bool]) -> bool:
+        """``job.answer``, or, should rendering fail (a bug, never the client's doing), a
+        500 in the codec's shape instead of a request left unanswered."""
+        try:
+            job.answer(version, outputs, cached)
+        except Exception:
+            log.exception("answering a %s request failed", MODEL_NAMES[job.model_idx])
+            self.reject(job, InternalError("the server failed to render this answer"))
+            return False
+        return True
 
     def record_ok(
         self, job: Job, looked_up: int, done: int, inference_ns: int, cached: bool
@@ -354,7 +371,8 @@ class RowsAnswer:
         if self.inference_ns:
             breaker.success()
         done = time.perf_counter_ns()
-        self.job.answer(self.version, self.outputs, self.cached)
+        if not self.core.deliver(self.job, self.version, self.outputs, self.cached):
+            return
         all_cached = self.inference_ns == 0 and all(self.cached)
         self.core.record_ok(self.job, self.looked_up, done, self.inference_ns, all_cached)
 

@@ -108,6 +108,11 @@ class InferenceTimeout(ApiError):
     code = "inference_timeout"
 
 
+class InternalError(ApiError):
+    status = 500
+    code = "internal_error"
+
+
 class WorkerFailed(ApiError):
     status = 500
     code = "inference_failed"

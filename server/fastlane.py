@@ -19,7 +19,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.codecs.base import Endpoint, Headers, Respond
-from server.errors import ApiError, error_body
+from server.errors import ApiError, InternalError, error_body
 from server.head import RequestHead
 
 log = logging.getLogger("server")
@@ -145,7 +145,12 @@ class FastLaneProtocol(HttpToolsProtocol):
             endpoint.refuse(self._early_error, respond)
             return
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        endpoint.handle(self._head, body, respond)
+        try:
+            endpoint.handle(self._head, body, respond)
+        except Exception:  # a bug, never the client's doing: answer, do not drop it
+            log.exception("handling POST %s failed", self.url.decode("latin-1"))
+            if not self._fast.response_complete:
+                endpoint.refuse(InternalError("the server failed on this request"), respond)
 
     def _responder(self, cycle: FastCycle) -> Respond:
         return functools.partial(self._write, cycle)
@@ -153,6 +158,8 @@ class FastLaneProtocol(HttpToolsProtocol):
     def _write(
         self, cycle: FastCycle, status: int, content_type: bytes, body: bytes, headers: Headers
     ) -> None:
+        if cycle.response_complete:
+            return  # answered already: a second answer would corrupt the connection
         cycle.response_complete = True
         transport = self.transport
         if transport.is_closing() or cycle.disconnected:

@@ -133,6 +133,8 @@ class WorkerPool:
         )
         self._timeout_s = config.request_timeout_s
         self._inline_when_idle = config.inline_when_idle
+        # per model: rows run on int8, rows its range and margin guards sent to float32
+        self.int8_counts = [[0, 0, 0] for _ in MODEL_NAMES]
         # worker-measured time of one batch (EWMA): with each worker's queue of batches, what
         # a new row waits before it starts
         self.batch_ns = 50_000.0
@@ -314,18 +316,23 @@ class WorkerPool:
         its own copy rather than refusing. Isolation comes back with the first ready worker."""
         assert self.inline is not None
         header = protocol.REQUEST.size
+        endpoint = self.inline[pending.model_idx]
         start = time.perf_counter_ns()
         try:
-            status, out = self.inline[pending.model_idx].infer(
-                memoryview(pending.frame)[header:], pending.rows
-            )
+            status, out = endpoint.infer(memoryview(pending.frame)[header:], pending.rows)
         except Exception as exc:
             return self._fail(pending, WorkerFailed(f"inference failed: {type(exc).__name__}"))
         elapsed = time.perf_counter_ns() - start
         self._inline_served += pending.rows
+        self._count_int8(pending.model_idx, endpoint.take_counts())
         frame = bytes(protocol.REPLY.size) + status + out
         self._resolve(pending, frame, self.model_versions[pending.model_idx], elapsed)
         self._on_batch(MODEL_NAMES[pending.model_idx], pending.rows, elapsed / 1000.0, self._pid)
+
+    def _count_int8(self, model_idx: int, counts: tuple[int, int, int]) -> None:
+        totals = self.int8_counts[model_idx]
+        for i, n in enumerate(counts):
+            totals[i] += n
 
     def _unavailable_error(self) -> ApiError:
         if any(w.state is WorkerState.READY for w in self.active):
@@ -357,7 +364,8 @@ class WorkerPool:
     # ---------------------------------------------------------------- replies
 
     def _on_frame(self, worker: WorkerHandle, frame: bytes) -> None:
-        req_id, kind, rows, elapsed_ns = protocol.REPLY.unpack_from(frame)
+        reply = protocol.REPLY.unpack_from(frame)
+        req_id, kind, rows, elapsed_ns, int8_rows, by_range, by_margin = reply
         if kind == protocol.KIND_READY:
             return self._on_ready(worker, frame)
         pending = worker.pending.pop(req_id, None)
@@ -375,6 +383,8 @@ class WorkerPool:
         else:
             worker.served += pending.rows
             self._resolve(pending, frame, worker.model_versions[pending.model_idx], elapsed_ns)
+            if int8_rows:
+                self._count_int8(pending.model_idx, (int8_rows, by_range, by_margin))
             self._on_batch(MODEL_NAMES[pending.model_idx], rows, elapsed_ns / 1000.0, worker.pid)
             self.batch_ns += (elapsed_ns - self.batch_ns) * 0.05
         if worker.state is WorkerState.DRAINING and not worker.pending:

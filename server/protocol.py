@@ -13,9 +13,10 @@ import struct
 
 # request: id, model index, row count; then rows x input_size float32
 REQUEST = struct.Struct("<IBxH")
-# reply: id, kind, row count, inference nanoseconds; then row count status bytes and
-# row count x outputs.ROW_BYTES
-REPLY = struct.Struct("<IBxHI")
+# reply: id, kind, row count, inference nanoseconds, rows run on int8, of those the rows the
+# range and the margin guards sent back to float32; then row count status bytes and row
+# count x outputs.ROW_BYTES
+REPLY = struct.Struct("<IBxHIHHH")
 
 CONTROL_MODEL = 255  # a request frame whose payload is JSON (the start-up handshake)
 

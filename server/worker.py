@@ -39,9 +39,12 @@ def _die_with_parent() -> None:
 
 class ModelEndpoint:
     """One loaded model: a batch in, every row's outputs (``server.outputs``) and a status
-    byte per row out, from one runtime call (``server.engine``)."""
+    byte per row out, from one runtime call (``server.engine``). When the optimizer chose an
+    int8 variant for batches (``served.batch_min_rows``), batches that large go to it, behind
+    its guards, and what they ran on is counted."""
 
-    __slots__ = ("engine", "infer", "infer_one", "rule", "served", "shape", "spec")
+    __slots__ = ("_counted", "engine", "guarded", "infer", "infer_one", "rule", "served")
+    __slots__ += ("shape", "spec")
 
     def __init__(self, served, rule: EnsembleRule, engine: Engine) -> None:
         self.served = served
@@ -50,8 +53,31 @@ class ModelEndpoint:
         self.shape = self.spec.observation_shape
         self.engine = engine
         # infer(payload, rows) -> (status bytes, outputs); infer_one(row) -> (outputs, finite)
-        self.infer = engine.infer
         self.infer_one = engine.infer_one
+        min_rows = getattr(served.runner, "min_rows", None)
+        self.guarded = min_rows is not None
+        self._counted = (0, 0, 0)
+        if min_rows is None:
+            self.infer = engine.infer
+            return
+        batches, single = NumpyModel(served.runner, rule).infer, engine.infer
+
+        def infer(payload: memoryview | bytes, rows: int) -> tuple[bytes, bytes]:
+            return batches(payload, rows) if rows >= min_rows else single(payload, rows)
+
+        self.infer = infer
+
+    def take_counts(self) -> tuple[int, int, int]:
+        """Rows run on int8, and rows the range and margin guards sent to float32, since the
+        last call."""
+        if not self.guarded:
+            return 0, 0, 0
+        runner = self.served.runner
+        fallbacks = runner.fallbacks()
+        now = (runner.int8_rows(), fallbacks["range"], fallbacks["margin"])
+        delta = tuple(a - b for a, b in zip(now, self._counted, strict=True))
+        self._counted = now
+        return delta  # type: ignore[return-value]
 
 
 def open_engine(config: ServerConfig, served, rule: EnsembleRule) -> Engine:
@@ -86,6 +112,7 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
             threads=config.worker_threads,
             manifest=manifest,
             warmup_calls=0,
+            agent_weights=config.weights_for(name),
         )
         rule = EnsembleRule(SPECS[name], config.weights_for(name))
         endpoints.append(ModelEndpoint(served, rule, open_engine(config, served, rule)))
@@ -100,6 +127,7 @@ def warm_up(endpoints: list[ModelEndpoint], calls: int) -> None:
             obs = rng.standard_normal((batch, *ep.shape)).astype(np.float32).tobytes()
             for _ in range(max(1, calls // batch)):
                 ep.infer(obs, batch)
+        ep.take_counts()  # the warm-up's rows are not the server's
 
 
 def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
@@ -117,15 +145,17 @@ def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
             return
         req_id, model_idx, rows = header.unpack_from(buffer)
         start = clock()
+        endpoint = endpoints[model_idx]
         try:
-            status, out = endpoints[model_idx].infer(view[head:size], rows)
+            status, out = endpoint.infer(view[head:size], rows)
         except Exception as exc:  # answer, never die: the front turns this into a 500
             message = f"{type(exc).__name__}: {exc}".encode()[:4000]
-            sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
+            sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0, 0, 0, 0) + message)
             continue
         elapsed = min(clock() - start, 0xFFFFFFFF)
+        counts = endpoint.take_counts()
         # one message from three buffers: no concatenation
-        sock.sendmsg((reply.pack(req_id, protocol.KIND_OK, rows, elapsed), status, out))
+        sock.sendmsg((reply.pack(req_id, protocol.KIND_OK, rows, elapsed, *counts), status, out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         endpoints = load_endpoints(config)
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}".encode()[:4000]
-        sock.send(protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
+        sock.send(protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0, 0, 0, 0) + message)
         return 1
     ready = orjson.dumps(
         {"pid": os.getpid(), "versions": {ep.spec.name: ep.served.version for ep in endpoints}}
     )
-    sock.send(protocol.REPLY.pack(req_id, protocol.KIND_READY, 0, 0) + ready)
+    sock.send(protocol.REPLY.pack(req_id, protocol.KIND_READY, 0, 0, 0, 0, 0) + ready)
     with contextlib.suppress(ConnectionResetError, BrokenPipeError):
         serve(sock, endpoints)
     return 0

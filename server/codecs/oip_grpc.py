@@ -5,6 +5,7 @@ status codes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -15,11 +16,12 @@ from models.spec import SPECS
 from monitoring import PROTOCOL_INDEX
 from server.codecs import oip
 from server.core import InferCore, Job
-from server.errors import ApiError
+from server.errors import ApiError, InternalError
 from server.oip_proto import inference_pb2 as pb
 from server.oip_proto import inference_pb2_grpc as pb_grpc
 from server.pool import MODEL_NAMES
 
+log = logging.getLogger("server")
 PROTOCOL = PROTOCOL_INDEX["oip_grpc"]
 _CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -30,6 +32,7 @@ _CODES = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    500: grpc.StatusCode.INTERNAL,
 }
 _TENSORS = {
     name: pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype)
@@ -150,6 +153,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             oip.check_outputs(job.requested)
         except ApiError as error:
             core.reject(job, error)
+        except Exception:  # a bug, never the client's doing: answer, do not drop it
+            log.exception("decoding a gRPC ModelInfer request failed")
+            core.reject(job, InternalError("the server failed on this request"))
         else:
             job.parsed_ns = time.perf_counter_ns()
             core.submit(job, alone)

@@ -13,7 +13,7 @@ import pytest
 from models.spec import SPECS
 from server import core as core_module
 from server.batching import Batcher
-from server.breaker import BreakerState, CircuitBreaker, breaker_alerts, breaker_metrics
+from server.breaker import BreakerState, CircuitBreaker
 from server.cache import ResponseCache, key_prefix
 from server.codecs import native
 from server.codecs.native import NativeEndpoint
@@ -23,6 +23,7 @@ from server.errors import InferenceTimeout, WorkerFailed, WorkerLost
 from server.fastlane import http_protocol, missing_hooks
 from server.head import RequestHead
 from server.pool import MODEL_INDEX, MODEL_NAMES
+from server.served_metrics import breaker_alerts, breaker_metrics
 from server.validation import RequestParser
 from tests.fakes import FakeClock
 
@@ -239,3 +240,23 @@ def test_budget_flag_validated(budget: str) -> None:
 
     with pytest.raises(ConfigError, match="latency_budget_ms"):
         load_config(["--latency-budget-ms", budget], {})
+
+
+def test_a_failure_to_render_is_one_500_in_the_codecs_shape() -> None:
+    async def scenario() -> None:
+        pool = FailingPool()
+        pool.error = None
+        endpoint, _ = _endpoint(pool, ServerConfig(busy_poll_us=0))
+
+        def broken(_outputs: list) -> list:
+            raise RuntimeError("a rendering bug")
+
+        endpoint.renderers[MODEL_INDEX["tactical"]] = SimpleNamespace(fragments=broken)
+        answers: list[tuple] = []
+        endpoint.handle(RequestHead([], None), _body(0.7), lambda *a: answers.append(a))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        ((status, _type, body, _headers),) = answers
+        assert status == 500 and orjson.loads(body)["error"]["code"] == "internal_error"
+
+    asyncio.run(scenario())

@@ -8,14 +8,16 @@ import pytest
 
 from models.ensemble import EnsembleRule
 from models.spec import SPECS
-from optimize.loader import load_served
+from optimize.loader import load_manifest, load_variant
 from server import protocol
 from server.engine import FusedModel, NumpyModel, open_fused
 from server.outputs import FLOATS
 
 
 def _models(artifacts_dir, name: str, weights) -> tuple[FusedModel, NumpyModel]:
-    served = load_served(artifacts_dir, name, warmup_calls=0)
+    # the batch-1 selection alone (load_served may add int8 for large batches)
+    selected = load_manifest(artifacts_dir).model(name).selected_variant.name
+    served = load_variant(artifacts_dir, name, selected, warmup_calls=0)
     rule = EnsembleRule(SPECS[name], weights)
     return open_fused(served.file.read_bytes(), rule, threads=1), NumpyModel(served.runner, rule)
 

@@ -61,17 +61,21 @@ class FakeLink:
             return
         if self.starts:
             ready = orjson.dumps({"pid": self.pid, "versions": VERSIONS})
-            self.on_frame(protocol.REPLY.pack(req_id, protocol.KIND_READY, 0, 0) + ready)
+            self.on_frame(protocol.REPLY.pack(req_id, protocol.KIND_READY, 0, 0, 0, 0, 0) + ready)
         else:
-            self.on_frame(protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0) + b"no model")
+            self.on_frame(
+                protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0, 0, 0, 0) + b"no model"
+            )
 
-    def answer(self, finite: bool = True) -> None:
-        """Answers the oldest request it holds."""
+    def answer(self, finite: bool = True, int8: tuple[int, int, int] = (0, 0, 0)) -> None:
+        """Answers the oldest request it holds (``int8``: rows on int8, range and margin
+        fallbacks, as a guarded worker reports them)."""
         frame = self.requests.pop(0)
         req_id, _model, rows = protocol.REQUEST.unpack_from(frame)
         status = bytes([protocol.ROW_FINITE if finite else protocol.ROW_NOT_FINITE]) * rows
         out = np.full((rows, FLOATS), 0.5, np.float32).tobytes()
-        self.on_frame(protocol.REPLY.pack(req_id, protocol.KIND_OK, rows, 1000) + status + out)
+        head = protocol.REPLY.pack(req_id, protocol.KIND_OK, rows, 1000, *int8)
+        self.on_frame(head + status + out)
 
     def die(self) -> None:
         if not self.dead and not self.closed:
@@ -101,7 +105,11 @@ def front_models(config: ServerConfig) -> list:
 
     return [
         SimpleNamespace(
-            spec=SPECS[name], served=SimpleNamespace(version="v1"), infer=infer, infer_one=infer_one
+            spec=SPECS[name],
+            served=SimpleNamespace(version="v1"),
+            infer=infer,
+            infer_one=infer_one,
+            take_counts=lambda: (0, 0, 0),
         )
         for name in MODEL_NAMES
     ]
@@ -195,6 +203,11 @@ def test_answers_reach_their_futures_and_a_non_finite_row_is_refused() -> None:
         with pytest.raises(NonFiniteOutput, match="cannot compute finite outputs"):
             await bad
         assert sum(w.served for w in pool.active) == 4
+        int8 = submit(pool, rows=40)
+        holder(launcher).answer(int8=(40, 3, 1))
+        await asyncio.gather(*int8)
+        assert pool.int8_counts[MODEL_NAMES.index("tactical")] == [40, 3, 1]
+        assert pool.int8_counts[MODEL_NAMES.index("strategic")] == [0, 0, 0]
 
     run(scenario)
 
