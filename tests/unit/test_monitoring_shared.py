@@ -80,3 +80,20 @@ def test_a_restart_inherits_its_earlier_life_without_double_counting() -> None:
     third.inherit(through_json(second.export_state()))
     assert total(third.stats([]))["requests"] == 23
     assert window(third.stats([]))["requests"] == 23
+
+
+def test_a_peer_window_follows_its_slices_as_they_expire() -> None:
+    clock = FakeClock()
+    a, b = make(clock), make(clock)
+    for second in range(70):
+        serve(b, 1, 100.0, status=200 if second % 2 else 503)
+        clock.advance(1.0)
+        b.tick([], {})
+        if second in (10, 65):  # exported repeatedly, as a front does every tick
+            b.export_state()
+    a.set_peers([through_json(b.export_state())])
+    stats = a.stats([])
+    assert total(stats)["requests"] == 70
+    assert window(stats)["requests"] == b.stats([])["models"]["tactical"]["window"]["requests"]
+    assert window(stats)["status"] == b.stats([])["models"]["tactical"]["window"]["status"]
+    assert 55 <= window(stats)["requests"] <= 61
