@@ -87,3 +87,28 @@ def test_two_fronts_serve_and_count_once_across_a_restart(artifacts_dir: Path) -
         post(url, 2, 40)
         wait_until(lambda: agreed(url, 100))
         assert stats(url)["cache"]["misses"] == 100
+
+
+def test_fronts_without_workers_run_every_row_themselves(artifacts_dir: Path) -> None:
+    """``--workers 0``: each front answers from its own copy, is listed as its own worker,
+    is ready, and still refuses a row it cannot compute finitely."""
+    with start_server(artifacts_dir, workers=0, args=["--fronts", "2"]) as server:
+        url = server.url
+        wait_until(lambda: len(fronts(url)) == 2, timeout_s=60)
+        post(url, 3, 20)
+        huge = [[2e38] * 7] * 60
+        refused = get_post(url, {"model": "tactical", "observation": huge})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["code"] == "non_finite_output"
+        batch = get_post(url, {"model": "tactical", "observations": [huge] * 3})
+        assert batch.status_code == 422, batch.text  # a batch runs in the front too
+        wait_until(lambda: sum(f["requests"] for f in stats(url)["fronts"]) == 23)
+        workers = stats(url)["workers"]
+        front_pids = {f["pid"] for f in stats(url)["fronts"]}
+        assert {w["pid"] for w in workers} == front_pids
+        assert all(w["state"] == "ready" for w in workers)
+        assert sum(w["served"] for w in workers) >= 20
+
+
+def get_post(url: str, document: dict) -> httpx.Response:
+    return httpx.post(f"{url}/infer", json=document, timeout=10)
