@@ -20,6 +20,7 @@ from monitoring import PROMETHEUS_CONTENT_TYPE
 from server.asgi_route import asgi_post, send_answer
 from server.breaker import breaker_alerts, breaker_metrics
 from server.codecs.base import JSON, retry_headers
+from server.codecs.oip import is_oip_path
 from server.codecs.oip_rest import error_body as oip_error_body
 from server.config import ServerConfig
 from server.errors import ApiError, NoHealthyWorker, error_body
@@ -96,14 +97,14 @@ def build_api(runtime: Runtime) -> FastAPI:
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if request.url.path.startswith("/v2"):
+        if is_oip_path(request.url.path):
             return oip_error(exc.status_code, f"{exc.detail}: {request.url.path}")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        if request.url.path.startswith("/v2"):
+        if is_oip_path(request.url.path):
             return oip_error(400, str(exc.errors()))
         return _error(422, "invalid_request", str(exc.errors()))
 

@@ -1,0 +1,50 @@
+"""The Open Inference Protocol codec's checks on what clients send: every invalid request is
+a clear ``BadTensor`` (a 400), never another exception (which the HTTP layer would turn into
+a refusal in the wrong shape or a 500)."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.spec import SPECS
+from server.codecs import oip
+
+TACTICAL = SPECS["tactical"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[[1.0, 2.0], 3.0], [[], 1.0], [[[1.0]], 2.0], [[1.0], {"a": 1}], [[1.0], "ab"], [[1.0], None]],
+)
+def test_json_data_of_uneven_depth_is_a_bad_tensor(data: list) -> None:
+    with pytest.raises(oip.BadTensor):
+        oip.rows_from_json(TACTICAL, 1, data)
+
+
+def test_json_data_flat_or_evenly_nested_is_accepted() -> None:
+    flat = [0.5] * TACTICAL.input_size
+    nested = [[[0.5] * TACTICAL.features] * TACTICAL.rows]
+    assert oip.rows_from_json(TACTICAL, 1, flat) == oip.rows_from_json(TACTICAL, 1, nested)
+
+
+@pytest.mark.parametrize("name", [["probs"], {"a": 1}, None, 3, "nope"])
+def test_requested_output_names_other_than_the_four_are_bad_tensors(name: object) -> None:
+    with pytest.raises(oip.BadTensor):
+        oip.check_outputs([name])  # type: ignore[list-item]
+    oip.check_outputs(["probs", "value", "action", "confidence"])
+
+
+@pytest.mark.parametrize(
+    ("path", "oip_shape"),
+    [
+        ("/v2", True),
+        ("/v2/", True),
+        ("/v2/models/x", True),
+        ("/v2x", False),
+        ("/v22", False),
+        ("/infer", False),
+        ("/", False),
+    ],
+)
+def test_errors_in_the_protocols_shape_only_under_v2(path: str, oip_shape: bool) -> None:
+    assert oip.is_oip_path(path) is oip_shape
