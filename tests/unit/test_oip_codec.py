@@ -4,6 +4,8 @@ a refusal in the wrong shape or a 500)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from models.spec import SPECS
@@ -48,3 +50,45 @@ def test_requested_output_names_other_than_the_four_are_bad_tensors(name: object
 )
 def test_errors_in_the_protocols_shape_only_under_v2(path: str, oip_shape: bool) -> None:
     assert oip.is_oip_path(path) is oip_shape
+
+
+def test_grpc_bytes_that_are_no_request_message_are_invalid_argument() -> None:
+    import asyncio
+
+    import grpc
+
+    from server.grpc_front import RefuseUndecodable
+    from server.oip_proto import inference_pb2 as pb
+
+    async def model_infer(request: pb.ModelInferRequest, context: object) -> str:
+        return f"served {request.model_name}"
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        model_infer,
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelInferResponse.SerializeToString,
+    )
+
+    class FakeContext:
+        aborted: tuple | None = None
+
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            self.aborted = (code, details)
+            raise RuntimeError("aborted")  # grpc's abort raises too
+
+    async def scenario() -> None:
+        async def continuation(details: object) -> grpc.RpcMethodHandler:
+            return handler
+
+        details = SimpleNamespace(method="/inference.GRPCInferenceService/ModelInfer")
+        wrapped = await RefuseUndecodable().intercept_service(continuation, details)
+        valid = pb.ModelInferRequest(model_name="tactical").SerializeToString()
+        assert await wrapped.unary_unary(wrapped.request_deserializer(valid), None) == (
+            "served tactical"
+        )
+        context = FakeContext()
+        with pytest.raises(RuntimeError, match="aborted"):
+            await wrapped.unary_unary(wrapped.request_deserializer(b"\xff\xff\xff"), context)
+        assert context.aborted[0] is grpc.StatusCode.INVALID_ARGUMENT
+
+    asyncio.run(scenario())
