@@ -91,8 +91,14 @@ def _lifespan(runtime: Runtime):
 
 
 def build_api(runtime: Runtime) -> FastAPI:
+    # No redirect of "/healthz/" to "/healthz": a 307 with an empty body is no answer the
+    # contract knows; a path that is not a route is a JSON 404.
     api = FastAPI(
-        title="policy inference server", lifespan=_lifespan(runtime), docs_url=None, redoc_url=None
+        title="policy inference server",
+        lifespan=_lifespan(runtime),
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
     )
 
     @api.exception_handler(StarletteHTTPException)

@@ -92,3 +92,24 @@ def test_grpc_bytes_that_are_no_request_message_are_invalid_argument() -> None:
         assert context.aborted[0] is grpc.StatusCode.INVALID_ARGUMENT
 
     asyncio.run(scenario())
+
+
+def test_operations_api_answers_unknown_paths_in_json_without_redirects() -> None:
+    """Routes only, no lifespan (nothing started): a trailing slash is a 404 in the shape of
+    the path's protocol, never a 307 with an empty body."""
+    from starlette.testclient import TestClient
+
+    from server.app import build_api
+    from server.config import ServerConfig
+    from server.runtime import Runtime
+
+    client = TestClient(build_api(Runtime(ServerConfig(workers=1))), follow_redirects=False)
+    for path in ("/healthz/", "/stats/", "/v2x"):
+        response = client.get(path)
+        assert response.status_code == 404, (path, response.status_code)
+        assert response.json()["error"]["code"] == "not_found"
+    for path in ("/v2/", "/v2/health/live/"):
+        response = client.get(path)
+        assert response.status_code == 404, (path, response.status_code)
+        assert isinstance(response.json()["error"], str)
+    assert client.get("/healthz").status_code == 200
