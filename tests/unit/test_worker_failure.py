@@ -83,3 +83,17 @@ def test_with_no_other_worker_a_raising_batch_is_a_503_at_once() -> None:
         assert fut.exception().status == 503
 
     asyncio.run(scenario())
+
+
+def test_a_failed_batch_counts_once_against_the_circuit() -> None:
+    """Every request of a batch that timed out (or raised) shares its error: one failure."""
+    from server.breaker import BreakerState, CircuitBreaker
+    from server.errors import InferenceTimeout
+
+    breaker = CircuitBreaker(2, open_s=5.0)
+    stuck_batch = InferenceTimeout("inference did not finish")
+    for _ in range(16):
+        breaker.failure(stuck_batch)
+    assert breaker.state is BreakerState.CLOSED and breaker.failures == 1
+    breaker.failure(WorkerFailed("inference failed: boom"))
+    assert breaker.state is BreakerState.OPEN
