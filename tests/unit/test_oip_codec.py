@@ -56,17 +56,19 @@ def test_grpc_bytes_that_are_no_request_message_are_invalid_argument() -> None:
     import asyncio
 
     import grpc
+    from google.protobuf.wrappers_pb2 import StringValue
 
-    from server.grpc_front import RefuseUndecodable
-    from server.oip_proto import inference_pb2 as pb
+    from server.grpc_decode import RefuseUndecodable
 
-    async def model_infer(request: pb.ModelInferRequest, context: object) -> str:
-        return f"served {request.model_name}"
+    # any message type will do (the service's own would clash with tritonclient's copy of
+    # the same protobuf package when both are imported in one test process)
+    async def model_infer(request: StringValue, context: object) -> str:
+        return f"served {request.value}"
 
     handler = grpc.unary_unary_rpc_method_handler(
         model_infer,
-        request_deserializer=pb.ModelInferRequest.FromString,
-        response_serializer=pb.ModelInferResponse.SerializeToString,
+        request_deserializer=StringValue.FromString,
+        response_serializer=StringValue.SerializeToString,
     )
 
     class FakeContext:
@@ -82,7 +84,7 @@ def test_grpc_bytes_that_are_no_request_message_are_invalid_argument() -> None:
 
         details = SimpleNamespace(method="/inference.GRPCInferenceService/ModelInfer")
         wrapped = await RefuseUndecodable().intercept_service(continuation, details)
-        valid = pb.ModelInferRequest(model_name="tactical").SerializeToString()
+        valid = StringValue(value="tactical").SerializeToString()
         assert await wrapped.unary_unary(wrapped.request_deserializer(valid), None) == (
             "served tactical"
         )
