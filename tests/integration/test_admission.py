@@ -28,7 +28,7 @@ from tests.tools import required_binary
 pytestmark = pytest.mark.slow
 
 CONNECTIONS = 160
-BURST_S = 3.0
+BURST_S = 2.0
 HANG_S = 15.0  # an answer later than this is a hung request
 
 
