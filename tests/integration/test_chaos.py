@@ -246,9 +246,11 @@ def test_chaos_every_request_one_correct_answer_or_one_clear_error(
                 for step in range(5):
                     pids = [p for p in await ready_worker_pids(ops) if p != raising]
                     if step == 2:  # a healthy worker, once its replacement is ready
-                        while not pids:
+                        waited_until = time.monotonic() + 20
+                        while not pids and time.monotonic() < waited_until:
                             await asyncio.sleep(0.05)
                             pids = [p for p in await ready_worker_pids(ops) if p != raising]
+                        assert pids, "no replacement worker became ready within 20 s"
                         os.kill(pids[0], signal.SIGSTOP)
                         events.append(f"SIGSTOP {pids[0]}")
                         await asyncio.sleep(REQUEST_TIMEOUT_S + 0.5)

@@ -400,7 +400,7 @@ def test_native_infer_answers_within_the_contract(
     assert_contract("POST", "/infer", response, (headers, body))
 
 
-@FUZZ
+@settings(FUZZ, max_examples=200)
 @given(request=oip_request(), path=st.sampled_from(MODELS).flatmap(oip_path), data=st.data())
 def test_oip_rest_infer_answers_within_the_contract(
     server, client, request: tuple[bytes, dict[str, str]], path: str, data: st.DataObject
@@ -607,6 +607,28 @@ def test_grpc_model_infer_fails_only_with_the_issues_codes(server, stub, request
         dtype = "<i4" if tensor.datatype == "INT32" else "<f4"
         arrays[tensor.name] = np.frombuffer(raw, dtype=dtype)
     assert arrays and oip_outputs_finite(arrays), response
+
+
+NAMES = st.sampled_from([*MODELS, "", "nope"]) | st.text(max_size=12)
+
+
+@settings(FUZZ, max_examples=150)
+@given(name=NAMES, version=st.sampled_from(["", "1", "x"]) | st.text(max_size=8))
+def test_grpc_health_and_metadata_fail_only_with_the_issues_codes(
+    server, stub, name: str, version: str
+) -> None:
+    calls = [
+        (stub.ModelMetadata, service_pb2.ModelMetadataRequest(name=name, version=version)),
+        (stub.ModelReady, service_pb2.ModelReadyRequest(name=name, version=version)),
+        (stub.ServerLive, service_pb2.ServerLiveRequest()),
+        (stub.ServerReady, service_pb2.ServerReadyRequest()),
+        (stub.ServerMetadata, service_pb2.ServerMetadataRequest()),
+    ]
+    for method, request in calls:
+        try:
+            method(request, timeout=15)
+        except grpc.RpcError as error:
+            assert error.code() in GRPC_CODES, (error.code(), error.details(), request)
 
 
 @settings(FUZZ, max_examples=150)
