@@ -796,6 +796,36 @@ def test_non_finite_outputs_refused_without_the_inline_lane(artifacts_dir: Path)
             channel.close()
 
 
+def test_api_key_and_rate_limit_refusals_within_the_contract(artifacts_dir: Path) -> None:
+    """With a key and a rate limit: random credentials at every inference route and the
+    admin route give 401, 429 (with Retry-After) or an answer, each in its protocol's shape."""
+    args = ["--api-key", "s3cret", "--rate-limit-rps", "20", "--rate-limit-burst", "5"]
+    with (
+        start_server(artifacts_dir, workers=1, args=args) as keyed,
+        httpx.Client(base_url=keyed.url, timeout=15) as c,
+    ):
+
+        @settings(FUZZ, max_examples=100)
+        @given(
+            path=st.sampled_from(["/infer", "/v2/models/tactical/infer", "/admin/reload"]),
+            credentials=st.dictionaries(
+                st.sampled_from(["x-api-key", "authorization"]),
+                st.sampled_from(["s3cret", "Bearer s3cret", "bearer s3cret", "Bearer x", ""])
+                | SAFE_HEADER_TEXT,
+                max_size=2,
+            ),
+            body=NATIVE_BODIES,
+        )
+        def fuzz(path: str, credentials: dict[str, str], body: bytes) -> None:
+            if path == "/admin/reload" and "s3cret" in "".join(credentials.values()):
+                return  # a granted reload restarts the workers; its refusals are the point
+            headers = {"content-type": "application/json", **credentials}
+            response = c.post(path, content=body, headers=headers)
+            assert_contract("POST", path, response, (credentials, body[:100]))
+
+        fuzz()
+
+
 def test_server_survived_the_fuzzing(server, client) -> None:
     """Runs last in this module: the same workers, ready, answering."""
     assert_still_serving(server, client)
