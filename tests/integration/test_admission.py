@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks import loadgen
 from benchmarks.bodies import Mode, make_bodies
 from benchmarks.loadgen import run_wrk
 from tests.contract import violations
@@ -135,12 +136,15 @@ def test_burst_of_160_connections_every_answer_checked(artifacts_dir: Path) -> N
 
 
 @pytest.mark.parametrize("budget_ms", ["5", "0.5"])
-def test_burst_from_wrk_with_measured_clients(artifacts_dir: Path, budget_ms: str) -> None:
+def test_burst_from_wrk_with_measured_clients(
+    artifacts_dir: Path, budget_ms: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """wrk (C, one thread) holds 144 connections, so the overload is the server's and not
     this process's; 16 measured connections from here read and check every answer and time
     the admitted and the refused. wrk's own count: only 200 and 503, no socket errors or
     timeouts."""
     required_binary("wrk", "CI must run the admission burst", package="wrk")
+    monkeypatch.setattr(loadgen, "REQUEST_TIMEOUT_S", int(HANG_S))  # wrk's hang limit too
     args = ["--latency-budget-ms", budget_ms]
     with start_server(artifacts_dir, workers=2, args=args) as server:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
