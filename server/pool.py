@@ -369,6 +369,9 @@ class WorkerPool:
             if pending.attempts == 0 and self._eligible(pending.rows, worker):
                 pending.attempts = 1  # inference is idempotent: another worker may serve it
                 self._dispatch(pending, exclude=worker)
+            elif pending.attempts == 0 and self.inline is not None:
+                pending.attempts = 1  # no other worker can take it now: the front's copy
+                self._run_in_front(pending)
             else:
                 message = frame[protocol.REPLY.size :].decode(errors="replace")
                 self._fail(pending, WorkerFailed(f"inference failed: {message}; retry"))

@@ -1,6 +1,7 @@
-"""A worker whose runtime raises: the batch is retried once on another worker (inference is
-idempotent), and only when that is impossible or fails too is it a 503 ``inference_failed``
-with Retry-After (the contract has no 500). Fake worker sockets, no processes."""
+"""A worker whose runtime raises: the batch is retried once on another worker, or in the
+front's own copy when no other can take it (inference is idempotent), and only when that is
+impossible or fails too is it a 503 ``inference_failed`` with Retry-After (the contract has
+no 500). Fake worker sockets, no processes."""
 
 from __future__ import annotations
 
@@ -71,7 +72,34 @@ def test_a_raising_worker_batch_is_retried_once_elsewhere(second_reply: str) -> 
     asyncio.run(scenario())
 
 
-def test_with_no_other_worker_a_raising_batch_is_a_503_at_once() -> None:
+class FakeInline:
+    """The front's own copy of a model: four rows' worth of outputs, all finite."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def infer(self, payload: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += 1
+        return np.full((rows, ROW_BYTES // 4), 0.25, np.float32), np.ones(rows, bool)
+
+
+def test_with_no_other_worker_a_raising_batch_is_retried_in_the_front() -> None:
+    async def scenario() -> None:
+        pool = WorkerPool(ServerConfig(workers=1))
+        (only,) = pool.active = [_worker(0)]
+        pool.model_versions = ("v", "v")
+        pool.inline = [FakeInline(), FakeInline()]
+        fut = asyncio.get_running_loop().create_future()
+        pool.submit(0, 1, bytes(4 * 420), [fut])
+        pool._on_frame(only, _error_reply(_sent_to(only)))
+        assert len(only.sock.sent) == 1 and pool.inline[0].calls == 1
+        outputs, version, _ = fut.result()
+        assert version == "v" and len(outputs) == ROW_BYTES
+
+    asyncio.run(scenario())
+
+
+def test_with_no_other_worker_nor_front_copy_a_raising_batch_is_a_503() -> None:
     async def scenario() -> None:
         pool = WorkerPool(ServerConfig(workers=1))
         (only,) = pool.active = [_worker(0)]
