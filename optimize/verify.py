@@ -80,8 +80,6 @@ def _check_outputs(case: str, got: Outputs, expected: Outputs) -> None:
             raise VerificationError(f"{case}: {label} has non-finite values")
 
 
-
-
 def verify(
     runner: Runner,
     inputs: Mapping[str, np.ndarray],

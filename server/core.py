@@ -381,7 +381,7 @@ def _count(breaker: CircuitBreaker, error: ApiError) -> None:
     """Failures of the model's calls count against its circuit; a refusal does not (a 503
     for overload or a lost worker says nothing about the model)."""
     if isinstance(error, WorkerFailed | InferenceTimeout):
-        breaker.failure()
+        breaker.failure(error)
     elif isinstance(error, NonFiniteOutput):  # the model answered, for this input
         breaker.success()
     else:

@@ -361,8 +361,15 @@ class WorkerPool:
             pending.timer.cancel()
         worker.in_flight -= pending.rows
         if kind == protocol.KIND_ERROR:
-            message = frame[protocol.REPLY.size :].decode(errors="replace")
-            self._fail(pending, WorkerFailed(f"inference failed: {message}"))
+            if pending.attempts == 0 and self._eligible(pending.rows, worker):
+                pending.attempts = 1  # inference is idempotent: another worker may serve it
+                self._dispatch(pending, exclude=worker)
+            elif pending.attempts == 0 and self.inline is not None:
+                pending.attempts = 1  # no other worker can take it now: the front's copy
+                self._run_in_front(pending)
+            else:
+                message = frame[protocol.REPLY.size :].decode(errors="replace")
+                self._fail(pending, WorkerFailed(f"inference failed: {message}; retry"))
         else:
             worker.served += pending.rows
             self._resolve(pending, frame, worker.model_versions[pending.model_idx], elapsed_ns)

@@ -9,11 +9,12 @@ import shutil
 import pytest
 
 
-def required_binary(name: str, ci_reason: str) -> str:
-    """``name``'s path on PATH (both tools come with ``apt-get install prometheus``)."""
+def required_binary(name: str, ci_reason: str, package: str = "prometheus") -> str:
+    """``name``'s path on PATH (promtool and prometheus come with ``apt-get install
+    prometheus``; wrk and gdb with their own packages)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not installed (apt-get install prometheus)"
+        message = f"{name} not installed (apt-get install {package})"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{message}: {ci_reason}")
         pytest.skip(message)

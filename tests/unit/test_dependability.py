@@ -143,7 +143,9 @@ def test_core_opens_the_circuit_on_failures_and_closes_it_on_a_probe(monkeypatch
     async def scenario() -> None:
         pool = FailingPool()
         endpoint, core = _endpoint(pool, config)
-        assert (await _ask(endpoint, _body(0.1)))[0] == 500
+        status, _, body, headers = await _ask(endpoint, _body(0.1))
+        assert status == 503 and orjson.loads(body)["error"]["code"] == "inference_failed"
+        assert headers == ((b"retry-after", b"1"),)
         pool.error = InferenceTimeout("inference did not finish")
         assert (await _ask(endpoint, _body(0.2)))[0] == 504
         status, _, body, headers = await _ask(endpoint, _body(0.3))
