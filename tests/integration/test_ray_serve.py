@@ -1,0 +1,218 @@
+"""The policy server on a 2-node Ray cluster (both nodes on 127.0.0.1): two replicas on
+different nodes, reached over HTTP (Ray Serve in HAProxy mode) and through a
+``DeploymentHandle`` (a strategy deployment), then one node killed under traffic."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.support import free_port, pid_alive, wait_until
+from tests.tools import required_module
+
+pytestmark = pytest.mark.slow
+
+OBSERVATIONS = [
+    [[random.Random(i * 1000 + r).gauss(0, 1) for _ in range(7)] for r in range(60)]
+    for i in range(16)
+]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Ray's nodes, workers, replicas, our workers)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+@dataclass
+class Outcome:
+    at_s: float
+    path: str
+    status: int
+    retry_after: str | None
+    correct: bool
+    latency_ms: float
+
+
+@dataclass
+class Traffic:
+    """Sequential clients over both paths, each answer checked against the reference."""
+
+    reference: dict[int, dict]
+    outcomes: list[Outcome] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def matches(self, index: int, body: dict) -> bool:
+        ref = self.reference[index]
+        return body["action"] == ref["action"] and all(
+            np.allclose(body["agents"][a], ref["agents"][a], atol=1e-5) for a in ref["agents"]
+        )
+
+    def record(self, path: str, start: float, status: int, retry: str | None, ok: bool) -> None:
+        now = time.monotonic()
+        self.outcomes.append(Outcome(now, path, status, retry, ok, (now - start) * 1e3))
+
+    def http_loop(self, url: str) -> None:
+        with httpx.Client(timeout=10.0) as client:
+            i = 0
+            while not self.stop.is_set():
+                index = i % len(OBSERVATIONS)
+                start = time.monotonic()
+                body = {"model": "tactical", "observation": OBSERVATIONS[index]}
+                try:
+                    r = client.post(url, json=body)
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"http: {exc!r}")
+                    continue
+                ok = r.status_code == 200 and self.matches(index, r.json())
+                self.record("http", start, r.status_code, r.headers.get("retry-after"), ok)
+                i += 1
+
+    def handle_loop(self, strategy) -> None:
+        i = 0
+        while not self.stop.is_set():
+            index = i % len(OBSERVATIONS)
+            start = time.monotonic()
+            try:
+                answer = strategy.decide.remote(OBSERVATIONS[index]).result(timeout_s=15)
+            except Exception as exc:
+                self.failures.append(f"handle: {exc!r}")
+                continue
+            ok = answer.status == 200 and self.matches(index, answer.json())
+            self.record("handle", start, answer.status, answer.headers.get("retry-after"), ok)
+            i += 1
+
+
+def replicas_by_node(policy, want: int, timeout_s: float = 30.0) -> dict[str, dict]:
+    """Each replica's report, by node; handle calls are routed at random, so ask until
+    ``want`` distinct replicas answered."""
+    seen: dict[str, dict] = {}
+
+    def enough() -> bool:
+        report = policy.replica_report.remote().result(timeout_s=10)
+        seen[report["replica_id"]] = report
+        return len(seen) >= want
+
+    wait_until(enough, timeout_s)
+    return {r["node_id"]: r for r in seen.values()}
+
+
+def test_two_nodes_http_and_handle_survive_a_lost_node(artifacts_dir: Path) -> None:
+    required_module("ray", "pip install -c constraints.txt '.[ray]'")
+    from ray import serve
+
+    from server.ray.app import policy_app, strategy_app
+    from server.ray.local import local_cluster
+    from server.ray.options import DEPLOYMENT_NAME, RayDeployOptions
+
+    port = free_port()
+    options = RayDeployOptions(
+        server_args=(
+            "--artifacts", str(artifacts_dir), "--workers", "1",
+            "--no-build-artifacts-if-missing", "--busy-poll-us", "0",
+        ),
+        replicas=2,
+        max_replicas_per_node=1,
+        num_cpus=1,
+    )  # fmt: skip
+    started: set[int] = set()
+    with local_cluster(nodes=2, haproxy=True) as cluster:
+        head_id = cluster.cluster.head_node.node_id
+        worker = cluster.nodes[0]
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+        serve.run(policy_app(options), name="policy", route_prefix="/")
+        strategy = serve.run(strategy_app(), name="strategy", route_prefix=None)
+        policy = serve.get_deployment_handle(DEPLOYMENT_NAME, "policy")
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 60)
+
+        # Over HTTP: answers, errors and metrics are the server's own.
+        with httpx.Client(timeout=10.0) as client:
+            reference = {}
+            for i, obs in enumerate(OBSERVATIONS * 3):
+                r = client.post(f"{url}/infer", json={"model": "tactical", "observation": obs})
+                assert r.status_code == 200, r.text
+                reference.setdefault(i % len(OBSERVATIONS), r.json())
+            bad = client.post(f"{url}/infer", json={"model": "tactical", "observation": [[1.0]]})
+            assert bad.status_code == 422
+            assert bad.json()["error"]["code"] == "invalid_observation"
+            assert "pis_requests_total" in client.get(f"{url}/metrics").text
+
+        nodes = replicas_by_node(policy, want=2)
+        assert set(nodes) == {head_id, worker.node_id}, "the two replicas share a node"
+        assert all(r["requests"] > 0 for r in nodes.values()), f"a node served nothing: {nodes}"
+
+        # Through a handle, from the strategy deployment.
+        traffic = Traffic(reference)
+        for i, obs in enumerate(OBSERVATIONS):
+            answer = strategy.decide.remote(obs).result(timeout_s=15)
+            assert answer.status == 200 and traffic.matches(i, answer.json())
+
+        # Kill the worker node (its raylet, the replica and our worker processes on it)
+        # while both paths carry traffic.
+        threads = [
+            threading.Thread(target=traffic.http_loop, args=(f"{url}/infer",)),
+            threading.Thread(target=traffic.handle_loop, args=(strategy,)),
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        cluster.kill_node(worker)
+        wait_until(
+            lambda: sum(o.at_s > killed_at + 1 and o.status == 200 for o in traffic.outcomes) >= 40,
+            60,
+        )
+        traffic.stop.set()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads), "a client hung"
+
+        after = [o for o in traffic.outcomes if o.at_s >= killed_at]
+        statuses = Counter((o.path, o.status) for o in traffic.outcomes)
+        print(f"\nfailover: {dict(statuses)}; failures {traffic.failures}")
+        for path in ("http", "handle"):
+            mine = [o for o in after if o.path == path]
+            print(
+                f"  {path}: {len(mine)} answers after the kill, max latency "
+                f"{max(o.latency_ms for o in mine):.0f} ms, non-200 "
+                f"{sum(o.status != 200 for o in mine)}"
+            )
+        assert not traffic.failures, traffic.failures
+        assert all(o.status in (200, 503) for o in traffic.outcomes), statuses
+        assert all(o.retry_after for o in traffic.outcomes if o.status == 503)
+        assert all(o.correct for o in traffic.outcomes if o.status == 200), "a wrong answer"
+        assert {o.path for o in after if o.status == 200} == {"http", "handle"}
+
+        # Ray places the lost replica again once a node has room.
+        replaced_from = time.monotonic()
+        fresh = cluster.add_node()
+        nodes = replicas_by_node(policy, want=2, timeout_s=60)
+        joined_s = time.monotonic() - replaced_from
+        print(f"  replacement replica serving {joined_s:.1f} s after a node joined")
+        assert set(nodes) == {head_id, fresh.node_id}
+        started = descendants(os.getpid())
+    wait_until(lambda: not any(pid_alive(p) for p in started), 30)

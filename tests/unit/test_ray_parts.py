@@ -1,0 +1,120 @@
+"""The Ray deployment's pure parts: options and their checks, the in-memory ASGI call, and
+the Serve config file (parsed by Ray's own schema, no cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from server.app import create_app
+from server.config import ConfigError, ServerConfig
+from server.ray.asgi_call import call_asgi, request_body
+from server.ray.options import Autoscaling, RayDeployOptions, parse_autoscaling, server_flags
+from tests.support import ROOT
+from tests.tools import required_module
+
+SERVE_CONFIG = ROOT / "deploy" / "ray" / "serve_config.yaml"
+
+
+def test_fixed_replicas_become_ray_options() -> None:
+    options = RayDeployOptions(replicas=3, max_ongoing_requests=48, max_queued_requests=100)
+    got = options.deployment_options()
+    assert got["num_replicas"] == 3
+    assert got["max_ongoing_requests"] == 48 and got["max_queued_requests"] == 100
+    assert "autoscaling_config" not in got
+
+
+def test_autoscaling_replaces_the_replica_count() -> None:
+    options = RayDeployOptions(autoscaling=parse_autoscaling("1:8:32"))
+    got = options.deployment_options()
+    assert got["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 8,
+        "target_ongoing_requests": 32.0,
+    }
+    assert "num_replicas" not in got
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"max_ongoing_requests": 8}, "below the server's max_batch_size (32)"),
+        ({"replicas": 0}, "write at least 1"),
+        ({"autoscaling": Autoscaling(4, 2, 8)}, "1 <= min <= max"),
+        ({"autoscaling": Autoscaling(1, 2, 100)}, "at most max_ongoing_requests"),
+        ({"max_queued_requests": 0}, "-1 (no limit)"),
+        ({"server_args": ("--workers", "0")}, "workers=0"),
+    ],
+)
+def test_bad_options_say_what_to_write(kwargs: dict, says: str) -> None:
+    with pytest.raises(ConfigError, match=r".*" + says.replace("(", r"\(").replace(")", r"\)")):
+        RayDeployOptions(**kwargs)
+
+
+def test_batch_size_lowered_with_the_server_flag_allows_fewer_ongoing_requests() -> None:
+    options = RayDeployOptions(server_args=("--max-batch-size", "8"), max_ongoing_requests=8)
+    assert options.server_config().max_batch_size == 8
+
+
+def test_autoscale_text_and_server_flags_are_checked() -> None:
+    with pytest.raises(ConfigError, match="MIN:MAX:TARGET"):
+        parse_autoscaling("1:8")
+    assert server_flags(["--", "--workers", "2"]) == ("--workers", "2")
+    with pytest.raises(ConfigError):
+        server_flags(["--cache-size", "-1"])
+
+
+def test_handle_bodies_are_json_bytes() -> None:
+    assert request_body(b"{}") == b"{}"
+    assert request_body('{"a": 1}') == b'{"a": 1}'
+    assert request_body({"model": "tactical"}) == b'{"model":"tactical"}'
+
+
+def test_in_memory_call_reaches_the_server_app(tmp_path: Path) -> None:
+    """Before start-up the app is alive, not ready, and refuses /infer with Retry-After;
+    the in-memory call carries statuses, headers and bodies as HTTP would."""
+    app = create_app(ServerConfig(artifacts_dir=tmp_path, workers=1))
+
+    async def calls():
+        return (
+            await call_asgi(app, "GET", "/healthz"),
+            await call_asgi(app, "GET", "/readyz"),
+            await call_asgi(app, "POST", "/infer", b'{"model": "tactical"}'),
+            await call_asgi(app, "GET", "/nowhere?x=1"),
+        )
+
+    alive, ready, infer, missing = asyncio.run(calls())
+    assert (alive.status, alive.json()) == (200, {"status": "alive"})
+    assert ready.status == 503 and ready.retry_after_s == 1
+    assert infer.status == 503 and infer.retry_after_s is not None
+    assert infer.headers["content-type"].startswith("application/json")
+    assert missing.status == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_serve_config_file_is_valid_for_ray() -> None:
+    required_module("ray", "pip install -c constraints.txt '.[ray]'")
+    from ray.serve.schema import ServeDeploySchema
+
+    from server.ray.app import build_app
+
+    document = yaml.safe_load(SERVE_CONFIG.read_text())
+    schema = ServeDeploySchema.model_validate(document)
+    (app,) = schema.applications
+    assert app.import_path == "server.ray.app:build_app"
+    application = build_app(app.args)
+    deployment = application._bound_deployment
+    assert deployment.name == "PolicyServer"
+    assert deployment.max_ongoing_requests >= 32
+
+
+def test_the_plain_server_never_imports_ray() -> None:
+    code = (
+        "import sys, server.__main__, server.app, server.config\n"
+        "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
