@@ -16,11 +16,16 @@ from server.config import load_config
 from server.ray.asgi_call import PolicyResponse, call_asgi, request_body
 from server.ray.replica import ReplicaApp
 
+# A replica shares its process with Ray's own threads (gRPC, the router): the front's busy
+# polling after each answer (python -m server's default) would hold the GIL they need.
+# Flags given later win.
+REPLICA_DEFAULTS = ("--busy-poll-us", "0")
+
 
 @serve.ingress()
 class PolicyServer:
     def __init__(self, server_args: Sequence[str] = ()) -> None:
-        self._config = load_config(list(server_args))
+        self._config = load_config([*REPLICA_DEFAULTS, *server_args])
         self._app: ReplicaApp | None = None
 
     def __serve_build_asgi_app__(self) -> ReplicaApp:

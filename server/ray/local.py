@@ -66,6 +66,9 @@ def cluster_env(haproxy: bool, state_dir: Path) -> dict[str, str]:
         # answer: inference is idempotent, so a lost node costs a retry, not an error.
         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response response-timeout",
         "RAY_DEDUP_LOGS": "0",
+        # Ray starts its workers (replicas, proxy) at nice 15 so its raylet keeps priority;
+        # on a host shared with other work that adds whole scheduler slices to a request.
+        "RAY_worker_niceness": "0",
     }
     hap = state_dir / "haproxy"
     env.update(

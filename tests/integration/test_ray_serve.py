@@ -132,7 +132,7 @@ def test_two_nodes_http_and_handle_survive_a_lost_node(artifacts_dir: Path) -> N
     options = RayDeployOptions(
         server_args=(
             "--artifacts", str(artifacts_dir), "--workers", "1",
-            "--no-build-artifacts-if-missing", "--busy-poll-us", "0",
+            "--no-build-artifacts-if-missing",
         ),
         replicas=2,
         max_replicas_per_node=1,
