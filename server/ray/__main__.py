@@ -1,8 +1,10 @@
 """``python -m server.ray``: deploy the policy server on a running Ray cluster.
 
     python -m server.ray --address auto --replicas 4 -- --artifacts /shared/artifacts --workers 2
+    python -m server.ray targets --out /etc/prometheus/policy-replicas.json
 
-Flags after ``--`` are ``python -m server``'s, applied in every replica.
+Flags after ``--`` are ``python -m server``'s, applied in every replica. ``targets`` writes
+each replica's own /metrics address as Prometheus file_sd targets.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["targets"]:
+        from server.ray.targets import main as targets_main
+
+        return targets_main(argv[1:])
     split = argv.index("--") if "--" in argv else len(argv)
     args = build_parser().parse_args(argv[:split])
     try:

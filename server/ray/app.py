@@ -16,11 +16,20 @@ def policy_app(options: RayDeployOptions) -> Application:
     return deployment.bind(list(options.server_args))
 
 
-def strategy_app(policy_app_name: str = APP_NAME, model: str = "tactical") -> Application:
+def strategy_app(
+    policy_app_name: str = APP_NAME,
+    model: str = "tactical",
+    ray_actor_options: dict[str, Any] | None = None,
+) -> Application:
     """A ``Strategy`` deployment calling the policy application through a handle."""
     from server.ray.strategy import Strategy
 
-    return Strategy.bind(policy_app_name, model)
+    deployment = (
+        Strategy
+        if ray_actor_options is None
+        else Strategy.options(ray_actor_options=ray_actor_options)
+    )
+    return deployment.bind(policy_app_name, model)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -29,7 +29,9 @@ class PolicyServer:
         self._app: ReplicaApp | None = None
 
     def __serve_build_asgi_app__(self) -> ReplicaApp:
-        self._app = ReplicaApp(self._config)
+        import ray
+
+        self._app = ReplicaApp(self._config, metrics_host=ray.util.get_node_ip_address())
         return self._app
 
     async def infer(self, request: bytes | str | dict) -> PolicyResponse:
@@ -51,7 +53,9 @@ class PolicyServer:
 
         stats = await call_asgi(self._app, "GET", "/stats")
         requests = stats.json()["overall"]["since_start"]["requests"] if stats.status == 200 else 0
+        address = self._app.metrics.address
         return {
+            "metrics_address": f"{address[0]}:{address[1]}" if address else None,
             "node_id": ray.get_runtime_context().get_node_id(),
             "replica_id": serve.get_replica_context().replica_id.unique_id,
             "pid": os.getpid(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,11 +124,20 @@ def local_cluster(
             ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
             yield local
         finally:
-            # Deleting the applications stops every replica gracefully (our runtime stops
-            # its worker processes). serve.shutdown() is not waited for: with a node lost
-            # its controller spent its whole 30 s timeout; the cluster's end stops it.
-            with contextlib.suppress(Exception):
-                for app in serve.status().applications:
-                    serve.delete(app)
+            _delete_applications(serve)
             ray.shutdown()
             cluster.shutdown()
+
+
+def _delete_applications(serve: Any, wait_s: float = 10.0) -> None:
+    """Asks every replica to stop gracefully (our runtime then stops its worker processes)
+    and waits a while for it. A blocking ``serve.delete`` or ``serve.shutdown`` took 30 s
+    after a node was lost (Ray's own timeout); whatever is left then goes with the
+    cluster, and our workers with their replica (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        apps = list(serve.status().applications)
+        for app in apps:
+            serve.delete(app, _blocking=False)
+        deadline = time.monotonic() + wait_s
+        while serve.status().applications and time.monotonic() < deadline:
+            time.sleep(0.2)

@@ -13,13 +13,17 @@ from typing import Any
 
 from server.app import ServerApp, create_app
 from server.config import ServerConfig
+from server.ray.metrics import MetricsEndpoint
 
 log = logging.getLogger("server.ray")
 
 
 class ReplicaApp:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, metrics_host: str | None = None) -> None:
+        """``metrics_host``: also serve ``/metrics`` on that address (an ephemeral port)."""
         self.server: ServerApp = create_app(config)
+        self.metrics = MetricsEndpoint(self.server)
+        self._metrics_host = metrics_host
 
     @property
     def ready(self) -> bool:
@@ -38,12 +42,15 @@ class ReplicaApp:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.server.runtime.start()
+                    if self._metrics_host is not None:
+                        await self.metrics.start(self._metrics_host)
                 except Exception as exc:
                     log.exception("replica start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.metrics.stop()
                 await self.server.runtime.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

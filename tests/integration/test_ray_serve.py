@@ -64,6 +64,7 @@ class Traffic:
     outcomes: list[Outcome] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    resent: int = 0
 
     def matches(self, index: int, body: dict) -> bool:
         ref = self.reference[index]
@@ -75,6 +76,16 @@ class Traffic:
         now = time.monotonic()
         self.outcomes.append(Outcome(now, path, status, retry, ok, (now - start) * 1e3))
 
+    def post(self, client: httpx.Client, url: str, body: dict) -> httpx.Response:
+        """HAProxy reloads when a replica goes or comes and closes keep-alive connections
+        that were idle at that moment; a request sent on one gets no answer at all. Like
+        any HTTP client for an idempotent call, send it again once on a new connection."""
+        try:
+            return client.post(url, json=body)
+        except httpx.RemoteProtocolError:
+            self.resent += 1
+            return client.post(url, json=body)
+
     def http_loop(self, url: str) -> None:
         with httpx.Client(timeout=10.0) as client:
             i = 0
@@ -83,7 +94,7 @@ class Traffic:
                 start = time.monotonic()
                 body = {"model": "tactical", "observation": OBSERVATIONS[index]}
                 try:
-                    r = client.post(url, json=body)
+                    r = self.post(client, url, body)
                 except httpx.HTTPError as exc:
                     self.failures.append(f"http: {exc!r}")
                     continue
@@ -107,17 +118,9 @@ class Traffic:
 
 
 def replicas_by_node(policy, want: int, timeout_s: float = 30.0) -> dict[str, dict]:
-    """Each replica's report, by node; handle calls are routed at random, so ask until
-    ``want`` distinct replicas answered."""
-    seen: dict[str, dict] = {}
+    from server.ray.targets import collect_reports
 
-    def enough() -> bool:
-        report = policy.replica_report.remote().result(timeout_s=10)
-        seen[report["replica_id"]] = report
-        return len(seen) >= want
-
-    wait_until(enough, timeout_s)
-    return {r["node_id"]: r for r in seen.values()}
+    return {r["node_id"]: r for r in collect_reports(policy, want, timeout_s)}
 
 
 def test_two_nodes_http_and_handle_survive_a_lost_node(artifacts_dir: Path) -> None:
@@ -126,6 +129,7 @@ def test_two_nodes_http_and_handle_survive_a_lost_node(artifacts_dir: Path) -> N
 
     from server.ray.app import policy_app, strategy_app
     from server.ray.local import local_cluster
+    from server.ray.metrics import file_sd
     from server.ray.options import DEPLOYMENT_NAME, RayDeployOptions
 
     port = free_port()
@@ -144,7 +148,11 @@ def test_two_nodes_http_and_handle_survive_a_lost_node(artifacts_dir: Path) -> N
         worker = cluster.nodes[0]
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         serve.run(policy_app(options), name="policy", route_prefix="/")
-        strategy = serve.run(strategy_app(), name="strategy", route_prefix=None)
+        # The desk's strategy runs on the head node: the node killed below is the policy's.
+        on_head = {"resources": {"node:__internal_head__": 0.001}}
+        strategy = serve.run(
+            strategy_app(ray_actor_options=on_head), name="strategy", route_prefix=None
+        )
         policy = serve.get_deployment_handle(DEPLOYMENT_NAME, "policy")
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 60)
@@ -164,6 +172,18 @@ def test_two_nodes_http_and_handle_survive_a_lost_node(artifacts_dir: Path) -> N
         nodes = replicas_by_node(policy, want=2)
         assert set(nodes) == {head_id, worker.node_id}, "the two replicas share a node"
         assert all(r["requests"] > 0 for r in nodes.values()), f"a node served nothing: {nodes}"
+        # Each replica's own /metrics, as Prometheus scrapes it (python -m server.ray targets).
+        targets = file_sd(list(nodes.values()), "policy")
+        assert len(targets) == 2
+        for target in targets:
+            text = httpx.get(f"http://{target['targets'][0]}/metrics", timeout=5).text
+            served = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("pis_requests_total{")
+            )
+            report = nodes[target["labels"]["ray_node"]]
+            assert served == report["requests"] > 0, (served, report)
 
         # Through a handle, from the strategy deployment.
         traffic = Traffic(reference)
@@ -193,7 +213,10 @@ def test_two_nodes_http_and_handle_survive_a_lost_node(artifacts_dir: Path) -> N
 
         after = [o for o in traffic.outcomes if o.at_s >= killed_at]
         statuses = Counter((o.path, o.status) for o in traffic.outcomes)
-        print(f"\nfailover: {dict(statuses)}; failures {traffic.failures}")
+        print(
+            f"\nfailover: {dict(statuses)}; failures {traffic.failures}; "
+            f"sent again after a closed keep-alive connection: {traffic.resent}"
+        )
         for path in ("http", "handle"):
             mine = [o for o in after if o.path == path]
             print(

@@ -14,7 +14,9 @@ import yaml
 from server.app import create_app
 from server.config import ConfigError, ServerConfig
 from server.ray.asgi_call import call_asgi, request_body
+from server.ray.metrics import MetricsEndpoint, file_sd
 from server.ray.options import Autoscaling, RayDeployOptions, parse_autoscaling, server_flags
+from server.ray.targets import collect_reports
 from tests.support import ROOT
 from tests.tools import required_module
 
@@ -118,3 +120,69 @@ def test_the_plain_server_never_imports_ray() -> None:
         "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+class FakeCall:
+    def __init__(self, value: dict) -> None:
+        self.value = value
+
+    def result(self, timeout_s: float) -> dict:
+        return self.value
+
+
+class FakeHandle:
+    """A DeploymentHandle whose router hands out replicas in turn (``replica_report``)."""
+
+    def __init__(self, reports: list[dict]) -> None:
+        self.reports, self.calls = reports, 0
+        self.replica_report = self
+
+    def remote(self) -> FakeCall:
+        self.calls += 1
+        return FakeCall(self.reports[self.calls % len(self.reports)])
+
+
+def test_reports_are_collected_until_every_replica_answered() -> None:
+    reports = [{"replica_id": r, "node_id": "n", "metrics_address": f"10.0.0.1:{r}"} for r in "ab"]
+    got = collect_reports(FakeHandle(reports), want=2)
+    assert sorted(r["replica_id"] for r in got) == ["a", "b"]
+    sd = file_sd(got, "policy")
+    assert [t["targets"] for t in sd] == [["10.0.0.1:a"], ["10.0.0.1:b"]]
+    assert sd[0]["labels"] == {"ray_app": "policy", "ray_replica": "a", "ray_node": "n"}
+    now = iter(range(100))
+    with pytest.raises(TimeoutError, match="1 of 3 replicas"):
+        collect_reports(FakeHandle(reports[:1]), want=3, timeout_s=5, clock=lambda: next(now))
+
+
+def test_metrics_endpoint_serves_the_apps_metrics_and_nothing_else() -> None:
+    async def app(scope, receive, send):
+        assert (scope["method"], scope["path"]) == ("GET", "/metrics")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain; version=0.0.4")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"pis_up 1\n"})  # fmt: skip
+
+    async def fetch(port: int, path: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = await reader.read()
+        writer.close()
+        return data
+
+    async def scenario() -> tuple[bytes, bytes]:
+        endpoint = MetricsEndpoint(app)
+        await endpoint.start("127.0.0.1")
+        try:
+            port = endpoint.address[1]
+            return await fetch(port, "/metrics"), await fetch(port, "/infer")
+        finally:
+            await endpoint.stop()
+
+    metrics, other = asyncio.run(scenario())
+    assert metrics.startswith(b"HTTP/1.1 200 OK\r\n") and metrics.endswith(b"\r\n\r\npis_up 1\n")
+    assert b"text/plain; version=0.0.4" in metrics
+    assert other.startswith(b"HTTP/1.1 404")
