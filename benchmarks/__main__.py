@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--concurrency", type=_int_list, default=[1, 16])
     paths.add_argument("--duration", type=float, default=5.0, help="seconds per run")
 
+    front = sub.add_parser("front-cap", help="the front process's CPU share at full load")
+    _common(front)
+    front.add_argument("--workers", type=_int_list, default=[1, 2])
+    front.add_argument("--clients", type=int, default=64)
+    front.add_argument("--duration", type=float, default=5.0)
+    front.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+
     capacity = sub.add_parser("capacity", help="replicas a target load needs, from results")
     add_capacity_arguments(capacity)
 
@@ -259,6 +266,20 @@ def cmd_ray_paths(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_front_cap(args: argparse.Namespace) -> int:
+    from benchmarks.frontcap import measure_front
+
+    document = new_document(wrk_path())
+    generator = pick_generator(args.generator)
+    print(f"load generator: {generator}; {args.clients} clients, {args.duration:g} s")
+    _warn_if_busy()
+    document["front_cap"] = measure_front(
+        args.artifacts.resolve(), args.workers, args.clients, args.duration, generator
+    )
+    print(f"\nwrote {write_document(document, args.out, 'front-cap')}")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     document = orjson.loads(args.file.read_bytes())
     runs, pairs = document.get("runs", []), document.get("pairs", [])
@@ -280,6 +301,7 @@ COMMANDS = {
     "http": cmd_http,
     "compare": cmd_compare,
     "ray-paths": cmd_ray_paths,
+    "front-cap": cmd_front_cap,
     "capacity": cmd_capacity,
     "show": cmd_show,
 }

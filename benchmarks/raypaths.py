@@ -35,7 +35,8 @@ def _descendants_cpu_s() -> float:
     return sum(tree_cpu_seconds(pid) for pid in process_tree(me) if pid != me)
 
 
-def _front_cpu_s(pid: int) -> float:
+def front_cpu_s(pid: int) -> float:
+    """CPU seconds of process ``pid`` alone (not its children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -74,15 +75,21 @@ def run_handle(handle: Any, bodies: BodySet, clients: int, duration_s: float) ->
     )
 
 
-def _measure(path: str, load, clients: Sequence[int], duration_s: float, cpu) -> list[dict]:
+def _measure(
+    path: str, load, clients: Sequence[int], duration_s: float, cpu, front_cpu=None
+) -> list[dict]:
     """``load(bodies, clients, seconds)`` for each client count, after a 1 s warm-up with
-    other bodies; ``cpu()`` reads the serving side's CPU seconds."""
+    other bodies; ``cpu()`` reads the serving side's CPU seconds, ``front_cpu()`` (direct
+    only) the front process's own: what one front core caps (README, Capacity)."""
     records = []
     for seed, n in enumerate(clients):
         load(make_bodies(MODEL, Mode.COLD, 1000 + seed), n, 1.0)
-        before = cpu()
+        before, front_before = cpu(), front_cpu() if front_cpu else 0.0
         result = load(make_bodies(MODEL, Mode.COLD, seed), n, duration_s)
-        records.append(run_record(path, RunPlan(Mode.COLD, n), duration_s, result, cpu() - before))
+        record = run_record(path, RunPlan(Mode.COLD, n), duration_s, result, cpu() - before)
+        if front_cpu is not None:
+            record["cpu"]["front_s"] = round(front_cpu() - front_before, 3)
+        records.append(record)
         print(f"  {path} @{n}: {result.requests} requests, p50 {result.latency_us['p50']:.0f} us")
     return records
 
@@ -95,19 +102,14 @@ def measure_direct(artifacts: Path, clients: Sequence[int], duration_s: float) -
     logs = Path("bench-results") / "logs" / "ray-paths-direct.log"
     with ServerProcess("direct", [*argv, *SERVER_ARGS], port, logs) as server:
         server.wait_ready(60)
-        records = []
-        for n in clients:
-            front_before = _front_cpu_s(server.pid)
-            records += _measure(
-                "direct",
-                lambda b, c, s: run_python(port, b, c, s),
-                [n],
-                duration_s,
-                server.cpu_seconds,
-            )
-            # The front process's share: what one front core caps (README, capacity).
-            records[-1]["cpu"]["front_s"] = round(_front_cpu_s(server.pid) - front_before, 3)
-        return records
+        return _measure(
+            "direct",
+            lambda b, c, s: run_python(port, b, c, s),
+            clients,
+            duration_s,
+            server.cpu_seconds,
+            front_cpu=lambda: front_cpu_s(server.pid),
+        )
 
 
 def measure_ray(

@@ -186,3 +186,12 @@ def test_metrics_endpoint_serves_the_apps_metrics_and_nothing_else() -> None:
     assert metrics.startswith(b"HTTP/1.1 200 OK\r\n") and metrics.endswith(b"\r\n\r\npis_up 1\n")
     assert b"text/plain; version=0.0.4" in metrics
     assert other.startswith(b"HTTP/1.1 404")
+
+
+def test_the_command_refuses_bad_options_before_touching_ray(capsys) -> None:
+    from server.ray.__main__ import main
+
+    assert main(["--max-ongoing-requests", "4"]) == 2
+    assert "write at least 32" in capsys.readouterr().err
+    assert main(["--autoscale", "8", "--", "--workers", "1"]) == 2
+    assert main(["--", "--cache-ttl-s", "soon"]) == 2
