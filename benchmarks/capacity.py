@@ -22,6 +22,8 @@ import orjson
 from benchmarks.results import RESULTS_DIR
 
 TARGET = "ours"
+# A run during which other processes took more than this share of the host is noisy.
+NOISY_SHARE = 0.10
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class Point:
     p99_us: float
     server_cores: float
     host_cores: int
+    other_share: float = 0.0  # of the host's CPU, used by other processes during the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class Plan:
     replicas: int
     replicas_worst: int
     headroom: float
+    noisy_runs: int = 0
 
 
 def points_from(documents: Iterable[tuple[str, dict]]) -> list[Point]:
@@ -79,9 +83,10 @@ def points_from(documents: Iterable[tuple[str, dict]]) -> list[Point]:
             if sum(run.get("errors", {}).values()) or not run.get("duration_s"):
                 continue
             busy = run["cpu"]["server_s"] / run["duration_s"]
+            other = (run["cpu"].get("other_s") or 0.0) / (run["duration_s"] * cores)
             out.append(
                 Point(source, int(run["concurrency"]), float(run["rps"]),
-                      float(run["latency_us"]["p99"]), busy, cores)
+                      float(run["latency_us"]["p99"]), busy, cores, other)
             )  # fmt: skip
     return out
 
@@ -127,6 +132,7 @@ def plan(
         replicas=max(min_replicas, math.ceil(rps / (headroom * per_replica.median))),
         replicas_worst=max(min_replicas, math.ceil(rps / (headroom * per_replica.low))),
         headroom=headroom,
+        noisy_runs=sum(p.other_share > NOISY_SHARE for p in runs),
     )
 
 
@@ -146,6 +152,14 @@ def plan_text(result: Plan | str) -> str:
             f"needs {r.replicas} replicas of {r.host_cores} cores at {r.headroom:.0%} "
             f"utilisation ({r.replicas_worst} at the slowest run's throughput)",
         ]
+        + (
+            [
+                f"warning: in {r.noisy_runs} of {r.per_replica_rps.n} runs other processes took "
+                f"over {NOISY_SHARE:.0%} of the host's CPU: these figures understate a replica"
+            ]
+            if r.noisy_runs
+            else []
+        )
     )
 
 

@@ -1,6 +1,7 @@
 """``python -m benchmarks front-cap``: how busy the one front process is when a replica is
-pushed, for each worker count: the share of a core it uses and the throughput at that
-point. A front near 1.0 core is the replica's ceiling, whatever the workers."""
+pushed, for each worker count: the share of a core it uses, its CPU per request, and so
+the throughput one front core caps a replica at (1 s / front CPU per request), whatever
+the workers. CPU per request holds up better than wall-clock figures on a shared host."""
 
 from __future__ import annotations
 
@@ -39,11 +40,14 @@ def measure_front(
                 "p99_us": round(result.latency_us["p99"], 1),
                 "front_cores": round(front, 3),
                 "worker_cores": round(tree - front, 3),
+                "front_us_per_request": round(1e6 * front / result.rps, 1),
+                "front_cap_rps": round(result.rps / front, 0),
                 "errors": result.errors,
             }
         )
         print(
             f"  workers={n}: {result.rps:,.0f} req/s, p99 {result.latency_us['p99']:,.0f} us, "
-            f"front {front:.2f} cores, workers {tree - front:.2f} cores"
+            f"front {front:.2f} cores ({1e6 * front / result.rps:.0f} us per request: one "
+            f"front core caps at {result.rps / front:,.0f} req/s), workers {tree - front:.2f} cores"
         )
     return rows

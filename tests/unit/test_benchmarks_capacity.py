@@ -74,3 +74,11 @@ def test_command_reads_result_files(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "22,000 req/s (min 21,000, max 23,000, 3 runs)" in out
     assert main(["capacity", "--rps", "1", "--p99-ms", "0.01", "--from", str(path)]) == 1
+
+
+def test_noisy_runs_are_flagged() -> None:
+    doc = {"machine": {"cores": 2}, "runs": [run(16, 5_000, 1_000, cpu={"server_s": 3.0})]}
+    doc["runs"][0]["cpu"]["other_s"] = 6.0  # 60% of 2 cores over 5 s
+    result = plan(points_from([("a", doc)]), rps=1_000, p99_ms=2.0)
+    assert isinstance(result, Plan) and result.noisy_runs == 1
+    assert "warning: in 1 of 1 runs other processes took over 10%" in plan_text(result)
