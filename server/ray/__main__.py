@@ -52,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="where Ray Serve runs its HTTP proxy (HAProxy with RAY_SERVE_ENABLE_HA_PROXY=1)",
     )
     p.add_argument("--name", default=APP_NAME, help=f"application name (default {APP_NAME})")
-    p.add_argument("--route-prefix", default="/")
     p.add_argument(
         "--with-strategy",
         action="store_true",
@@ -81,7 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_queued_requests=args.max_queued_requests,
             max_replicas_per_node=args.max_replicas_per_node,
             num_cpus=args.num_cpus,
-            route_prefix=args.route_prefix,
             app_name=args.name,
         )
     except (ConfigError, SystemExit) as exc:
@@ -98,12 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         http_options={"host": args.http_host, "port": args.http_port},
         proxy_location=args.proxy_location,
     )
-    serve.run(policy_app(options), name=options.app_name, route_prefix=options.route_prefix)
+    serve.run(policy_app(options), name=options.app_name, route_prefix="/")
     if args.with_strategy:
         serve.run(strategy_app(options.app_name), name="strategy", route_prefix=None)
-    print(
-        f"serving {options.app_name} on http://{args.http_host}:{args.http_port}{args.route_prefix}"
-    )
+    print(f"serving {options.app_name} on http://{args.http_host}:{args.http_port}/")
     if args.detach:
         return 0
     try:

@@ -33,7 +33,8 @@ class Autoscaling:
 class RayDeployOptions:
     """``server_args`` are the flags of ``python -m server`` each replica serves with (its
     worker count, artifacts directory, cache, batching...). Either ``replicas`` or
-    ``autoscaling`` sets how many replicas run."""
+    ``autoscaling`` sets how many replicas run. The application is served at the route
+    prefix ``/``: the server's routes are absolute (it does not read ``root_path``)."""
 
     server_args: tuple[str, ...] = ()
     replicas: int = 2
@@ -42,7 +43,6 @@ class RayDeployOptions:
     max_queued_requests: int = 1024
     max_replicas_per_node: int | None = None
     num_cpus: float = 1.0
-    route_prefix: str = "/"
     app_name: str = APP_NAME
 
     def __post_init__(self) -> None:
@@ -95,7 +95,6 @@ def _validate(o: RayDeployOptions) -> None:
         o.max_queued_requests == -1 or o.max_queued_requests >= 1,
         f"max_queued_requests={o.max_queued_requests}; write -1 (no limit) or at least 1",
     )
-    check(o.route_prefix.startswith("/"), f"route_prefix={o.route_prefix!r}; write e.g. /")
     batch = o.server_config().max_batch_size
     # Ray holds a replica's calls beyond max_ongoing_requests in its own queue; below the
     # batch size our batcher could never fill a batch, so throughput would be capped.
