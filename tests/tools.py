@@ -30,4 +30,4 @@ def required_module(name: str, install: str) -> object:
         message = f"{name} not installed ({install})"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{message}: make test installs it, so CI must run this test")
-        pytest.skip(message)
+        pytest.skip(message, allow_module_level=True)

@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 import re
 
-import jsonschema
-import kubernetes_validate
 import pytest
 
 from server.config import load_config
 from tests.kube import BASE, adapter_rules, container, container_env, load, resources
 from tests.support import ROOT
+from tests.tools import required_module
+
+jsonschema = required_module("jsonschema", "pip install -c constraints.txt '.[dev]'")
+kubernetes_validate = required_module(
+    "kubernetes_validate", "pip install -c constraints.txt '.[dev]'"
+)
 
 K8S_VERSION = "1.33.0"  # a current release; kubernetes-validate ships its schemas
 CUSTOM_SCHEMAS = {"ServiceMonitor": ROOT / "tests" / "schemas" / "servicemonitor-v1.json"}
