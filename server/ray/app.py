@@ -13,7 +13,7 @@ from server.ray.options import APP_NAME, RayDeployOptions, parse_autoscaling
 
 def policy_app(options: RayDeployOptions) -> Application:
     deployment = serve.deployment(PolicyServer).options(**options.deployment_options())
-    return deployment.bind(list(options.server_args))
+    return deployment.bind(list(options.replica_args()))
 
 
 def strategy_app(

@@ -48,9 +48,17 @@ class RayDeployOptions:
     def __post_init__(self) -> None:
         _validate(self)
 
+    def replica_args(self) -> tuple[str, ...]:
+        """The server flags a replica runs with. Without ``--workers`` the server would
+        start one worker per core of the node (``os.cpu_count``), not of the replica: a
+        replica gets one front core and ``num_cpus - 1`` workers (at least one)."""
+        if "--workers" in self.server_args:
+            return self.server_args
+        return ("--workers", str(max(1, round(self.num_cpus) - 1)), *self.server_args)
+
     def server_config(self) -> ServerConfig:
         # The replica's environment may set PIS_* too; flags win, as with python -m server.
-        return load_config(list(self.server_args))
+        return load_config(list(self.replica_args()))
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for ``serve.deployment(...).options(...)``."""

@@ -58,6 +58,13 @@ def test_bad_options_say_what_to_write(kwargs: dict, says: str) -> None:
         RayDeployOptions(**kwargs)
 
 
+def test_workers_follow_the_replicas_cores_unless_given() -> None:
+    assert RayDeployOptions(num_cpus=3).server_config().workers == 2
+    assert RayDeployOptions(num_cpus=1).server_config().workers == 1
+    given = RayDeployOptions(num_cpus=4, server_args=("--workers", "1"))
+    assert given.server_config().workers == 1
+
+
 def test_batch_size_lowered_with_the_server_flag_allows_fewer_ongoing_requests() -> None:
     options = RayDeployOptions(server_args=("--max-batch-size", "8"), max_ongoing_requests=8)
     assert options.server_config().max_batch_size == 8
