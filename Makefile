@@ -4,13 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint audit bench clean proto
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,report,ray]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,8 +25,19 @@ lint: install
 test: lint
 	$(PY) -m pytest
 
+# Known vulnerabilities of the installed runtime dependencies (.ci/audit.py says why not
+# pip-audit, and what it can and cannot audit here).
+audit: install
+	$(PY) .ci/audit.py
+
 bench: install
 	$(PY) -m benchmarks compare
+
+# The Open Inference Protocol's gRPC modules are committed; regenerate after editing the .proto.
+proto: install
+	$(PY) -m pip install --quiet -c constraints.txt 'grpcio-tools>=1.81.1'
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+		server/oip_proto/inference.proto
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache .ruff_cache

@@ -36,9 +36,24 @@ class EnsembleRule:
         self.spec = spec
         self.weights = (w / w.sum()).astype(np.float32)
 
+    def mean(self, probs: np.ndarray) -> np.ndarray:
+        """``probs`` (batch, agents, 3) -> the weighted mean (batch, 3)."""
+        return self.weights @ probs  # (agents,) @ (batch, agents, 3) -> (batch, 3)
+
+    @property
+    def equal_weights(self) -> bool:
+        return bool(np.all(self.weights == self.weights[0]))
+
     def decide(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``probs`` is (batch, agents, 3); returns (action index, confidence) per row."""
-        mean = self.weights @ probs  # (agents,) @ (batch, agents, 3) -> (batch, 3)
+        mean = self.mean(probs)
         action = mean.argmax(axis=1)
         confidence = mean[np.arange(mean.shape[0]), action]
         return action, confidence
+
+
+def decision_margin(mean: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 of each row of ``mean`` (batch, actions): how far from a tie the
+    decision is."""
+    top = np.partition(mean, -2, axis=1)
+    return top[:, -1] - top[:, -2]

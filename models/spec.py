@@ -25,11 +25,6 @@ class ModelSpec:
     def observation_shape(self) -> tuple[int, int]:
         return (self.rows, self.features)
 
-    @property
-    def output_width(self) -> int:
-        """Floats per row in the fused output: every agent's probabilities, then the value."""
-        return len(self.agents) * len(ACTIONS) + 1
-
 
 SPECS: dict[str, ModelSpec] = {
     "tactical": ModelSpec(

@@ -7,6 +7,8 @@ The server builds one ``Monitor(MonitorConfig(...))`` at start-up, calls ``recor
 """
 
 from monitoring.config import (
+    PROTOCOL_INDEX,
+    PROTOCOLS,
     STAGES,
     AlertRule,
     MonitorConfig,
@@ -20,6 +22,8 @@ from monitoring.prom import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 
 __all__ = [
     "PROMETHEUS_CONTENT_TYPE",
+    "PROTOCOLS",
+    "PROTOCOL_INDEX",
     "STAGES",
     "UNKNOWN_MODEL",
     "AlertRule",

@@ -7,6 +7,12 @@ from pathlib import Path
 from typing import Literal
 
 STAGES: tuple[str, ...] = ("parse", "cache", "queue", "inference", "total")
+#: The wire protocols a request can arrive by; ``Monitor.record_request`` takes an index into
+#: this tuple (an int keeps the hot path to one list lookup). Append new ones at the end.
+PROTOCOLS: tuple[str, ...] = ("native", "oip_rest", "oip_grpc")
+#: name -> the index record_request takes, e.g. ``PROTOCOL_INDEX["oip_grpc"]`` (look it up once
+#: at start-up, not per request)
+PROTOCOL_INDEX: dict[str, int] = {name: index for index, name in enumerate(PROTOCOLS)}
 
 AlertKind = Literal[
     "latency_quantile_above",  # a latency quantile of one stage over the window, in us

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from monitoring.config import STAGES, WorkerSnapshot
+from monitoring.config import PROTOCOLS, STAGES, WorkerSnapshot
 from monitoring.prom import TextBuilder
 
 if TYPE_CHECKING:
@@ -14,24 +14,32 @@ if TYPE_CHECKING:
 
 def render(monitor: Monitor, out: TextBuilder) -> bytes:
     now = monitor.now()
-    totals = [(series.name, series.total(now)) for series in monitor.series()]
+    # one series per (model, protocol): each request is in exactly one of them
+    series_totals = monitor.series_totals(now)
+    per_protocol = [
+        ({"model": series.name, "protocol": PROTOCOLS[series.protocol]}, total)
+        for series, total in series_totals
+    ]
+    totals = list(monitor.model_totals(now, series_totals).items())
 
-    name = out.family("requests_total", "counter", "Requests answered, by model and HTTP status.")
-    for model, agg in totals:
+    name = out.family(
+        "requests_total", "counter", "Requests answered, by model, protocol and HTTP status."
+    )
+    for labels, agg in per_protocol:
         for status, n in sorted(agg.status.items()):
-            out.sample(name, {"model": model, "status": str(status)}, n)
+            out.sample(name, {**labels, "status": str(status)}, n)
 
     name = out.family(
         "request_duration_seconds",
         "histogram",
-        "Time spent in the server per request, by model and stage "
+        "Time spent in the server per request, by model, protocol and stage "
         "(parse, cache, queue, inference, total).",
     )
-    for model, agg in totals:
+    for labels, agg in per_protocol:
         if agg.requests == 0:
             continue
         for stage in STAGES:
-            out.latency_histogram(name, {"model": model, "stage": stage}, agg.segment(stage))
+            out.latency_histogram(name, {**labels, "stage": stage}, agg.segment(stage))
 
     hits = out.family("cache_hits_total", "counter", "Requests answered from the cache.")
     for model, agg in totals:

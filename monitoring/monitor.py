@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from monitoring.alerts import AlertEvent, AlertManager
-from monitoring.config import STAGES, AlertRule, MonitorConfig, WorkerSnapshot
+from monitoring.config import PROTOCOLS, STAGES, AlertRule, MonitorConfig, WorkerSnapshot
 from monitoring.histogram import (
     BUCKET_MIDPOINTS,
     N_BUCKETS,
@@ -48,9 +48,7 @@ UNKNOWN_MODEL = "unknown"
 SLICE_S = 1.0
 #: a tick arriving a little early still rotates (a 1 Hz caller jitters)
 _ROTATE_AFTER_S = 0.9 * SLICE_S
-_OFF_PARSE, _OFF_CACHE, _OFF_QUEUE, _OFF_INFER, _OFF_TOTAL, _OFF_BATCH1 = (
-    OFFSET[name] for name in SEGMENTS
-)
+_OFF_TOTAL = OFFSET["total"]
 _BATCH1 = SEGMENTS.index("batch1_inference")
 _STATUS_ERROR_MIN = 500
 _MAX_PENDING_VALUES = MAX_PENDING_ROWS * len(STAGES)
@@ -77,8 +75,12 @@ class Monitor:
         self._started_wall = wall_clock()
         self._slice_start = now
         self._max_slices = math.ceil(config.window_s / _ROTATE_AFTER_S) + 2
-        self._series: dict[str, ModelSeries] = {}
-        self._aliases: dict[str, ModelSeries] = {}  # "" and "unknown" -> the unknown series
+        # One table of series per protocol, indexed like PROTOCOLS: the hot path finds its
+        # series with one list index and one dict lookup.
+        self._tables: list[dict[str, ModelSeries]] = [{} for _ in PROTOCOLS]
+        #: every model name kept (the cap counts these), with when it was first seen: its
+        #: series under each protocol start from then, so their spans agree
+        self._first_seen: dict[str, float] = {UNKNOWN_MODEL: now}
         self._timeline: deque[dict[str, Any]] = deque(maxlen=self._max_slices)
         self._workers: list[WorkerSnapshot] = []
         self._queue_depth: dict[str, int] = {}
@@ -98,8 +100,9 @@ class Monitor:
                 config.history_dir, max_files=config.history_max_files, wall_clock=wall_clock
             )
         self._last_history = now
-        self._history_prev: dict[str, np.ndarray] = {}
-        self._history_prev_status: dict[str, dict[int, int]] = {}
+        # ("model" | "protocol", name) -> its since-start counts at the previous record
+        self._history_prev: dict[tuple[str, str], np.ndarray] = {}
+        self._history_prev_status: dict[tuple[str, str], dict[int, int]] = {}
         self._webhook = None
         if config.webhook_url:
             self._webhook = WebhookSink(
@@ -107,18 +110,12 @@ class Monitor:
                 timeout_s=config.webhook_timeout_s,
                 retries=config.webhook_retries,
             )
-        # scipy takes ~0.3 s to import: pay it at start-up, not in the first tick's event loop.
-        # (Imported here, not at module level, so `python -m monitoring.regress` does not find
-        # itself already imported through the package.)
-        import monitoring.regress  # noqa: F401
-
         self._alerts = AlertManager(config.alert_rules, clock=clock, wall_clock=wall_clock)
         if self._webhook is not None:
             self._alerts.add_listener(self._post_event)
-        unknown = ModelSeries(UNKNOWN_MODEL, now, self._max_slices)
-        self._series[UNKNOWN_MODEL] = self._aliases[""] = self._aliases[UNKNOWN_MODEL] = unknown
+        self._series_for(UNKNOWN_MODEL, 0)
         for name in config.models:
-            self._series_for(name)
+            self._series_for(name, 0)
         if not config.enabled:
             self.record_request = _noop  # type: ignore[method-assign]
             self.record_batch = _noop  # type: ignore[method-assign]
@@ -135,16 +132,19 @@ class Monitor:
         queue_us: float,
         inference_us: float,
         cached: bool,
+        protocol: int = 0,
     ) -> None:
         """One answered request. A stage time of 0 means the stage did not run (a cache hit has
-        no queue or inference time; a 400 has no cache time) and is not recorded."""
-        series = self._series.get(model)
+        no queue or inference time; a 400 has no cache time) and is not recorded. ``protocol``
+        is the index in ``PROTOCOLS`` of the protocol the request came by (0: native; see
+        ``PROTOCOL_INDEX``); it is not checked here, an index out of range raises IndexError."""
+        series = self._tables[protocol].get(model)
         if series is None:
-            series = self._series_for(model)
+            series = self._series_for(model, protocol)
         status_counts = series.status
         status_counts[status] = status_counts.get(status, 0) + 1
         if cached:
-            series.cur[CACHED_SLOT] += 1
+            series.cur_cached += 1
         pending = series.pending
         pending.append(parse_us)
         pending.append(cache_us)
@@ -155,10 +155,12 @@ class Monitor:
             series.flush()
 
     def record_batch(self, model: str, size: int, inference_us: float, worker_pid: int) -> None:
-        """One batch call answered by a worker, with the inference time the worker measured."""
-        series = self._series.get(model)
+        """One batch call answered by a worker, with the inference time the worker measured.
+        A batch may mix protocols: it is kept in the model's native series (the per-model views
+        add up every protocol)."""
+        series = self._tables[0].get(model)
         if series is None:
-            series = self._series_for(model)
+            series = self._series_for(model, 0)
         if size > MAX_TRACKED_BATCH:
             size = MAX_TRACKED_BATCH
         batches = series.cur_batches
@@ -170,25 +172,39 @@ class Monitor:
         index = histogram.record(inference_us)
         self._worker_batches[worker_pid][size] += 1
         if size == 1:
-            series.cur[_OFF_BATCH1 + index] += 1
+            series.cur_batch1[index] += 1
             if inference_us > series.cur_max[_BATCH1]:
                 series.cur_max[_BATCH1] = inference_us
 
-    def _series_for(self, model: str) -> ModelSeries:
-        """The series of a model name not seen before (or of "unknown", without caching the
-        name, so a client sending random names cannot grow memory)."""
-        alias = self._aliases.get(model)
-        if alias is not None:
-            return alias
-        if self.config.models:
-            allowed = model in self.config.models
-        else:  # the unknown series does not count against the cap
-            allowed = len(self._series) <= self.config.max_models
-        if not model or not allowed:
-            return self._series[UNKNOWN_MODEL]
-        series = ModelSeries(model, self._clock(), self._max_slices)
-        self._series[model] = series
+    def _series_for(self, model: str, protocol: int) -> ModelSeries:
+        """The series of a name not seen before under this protocol (or of "unknown", without
+        keeping the name, so a client sending random names cannot grow memory)."""
+        if model not in self._first_seen:
+            if self.config.models:
+                allowed = model in self.config.models
+            else:  # the unknown series does not count against the cap
+                allowed = len(self._first_seen) <= self.config.max_models
+            if model and allowed:
+                self._first_seen[model] = self._clock()
+            else:
+                model = UNKNOWN_MODEL
+        table = self._tables[protocol]
+        series = table.get(model)
+        if series is None:
+            first_seen = self._first_seen[model]
+            series = table[model] = ModelSeries(model, first_seen, self._max_slices, protocol)
         return series
+
+    def series_totals(self, now: float) -> list[tuple[ModelSeries, Aggregate]]:
+        """Every series with everything it recorded since start."""
+        return [(series, series.total(now)) for series in self.series()]
+
+    def model_totals(
+        self, now: float, series_totals: list[tuple[ModelSeries, Aggregate]] | None = None
+    ) -> dict[str, Aggregate]:
+        """Per model name: everything since start, all protocols added up."""
+        pairs = self.series_totals(now) if series_totals is None else series_totals
+        return sum_by((series.name, total) for series, total in pairs)
 
     def worker_event(self, event: WorkerEvent, pid: int) -> None:
         self._worker_events[event] += 1
@@ -238,7 +254,7 @@ class Monitor:
         oldest = now - self.config.window_s
         total = np.zeros(N_BUCKETS, dtype=np.int64)
         requests = errors = ok = cached = 0
-        for series in self._series.values():
+        for series in self.series():
             piece = series.rotate(start, now)
             series.expire(oldest)
             in_total = (piece.index >= _OFF_TOTAL) & (piece.index < _OFF_TOTAL + N_BUCKETS)
@@ -265,8 +281,8 @@ class Monitor:
     def _window(self, now: float, window_s: float, model: str | None = None) -> Aggregate:
         """Rotated slices only: alerts are evaluated right after a rotation."""
         agg = Aggregate()
-        for name, series in self._series.items():
-            if model is None or name == model:
+        for series in self.series():
+            if model is None or series.name == model:
                 agg.add(series.window(now - window_s, now, include_current=False))
         return agg
 
@@ -303,6 +319,8 @@ class Monitor:
         raise ValueError(f"alert {rule.name}: unknown kind {rule.kind!r}")
 
     def _check_regression(self, now: float) -> None:
+        # imported here, not at module level, so that `python -m monitoring.regress` does not
+        # find itself already imported through the package (it is cheap: numpy and math only)
         from monitoring.regress import compare_histograms, compare_to_quantiles
 
         settings = self.config.regression
@@ -313,8 +331,11 @@ class Monitor:
             "min_samples": settings.min_samples,
         }
         results: dict[str, dict[str, Any]] = {}
-        for name, series in self._series.items():
-            window = series.window(now - self.config.window_s, now, include_current=False)
+        windows = sum_by(
+            (series.name, series.window(now - self.config.window_s, now, include_current=False))
+            for series in self.series()
+        )
+        for name, window in windows.items():
             baseline = self.config.baseline_latency_us.get(name)
             if baseline:
                 verdict = compare_to_quantiles(
@@ -344,11 +365,15 @@ class Monitor:
         now = self._clock()
         if workers is not None:
             self._observe_workers(workers)
+        since = now - self.config.window_s
+        # each series' window and total once: the models' and protocols' views add them up
+        views = [(s, s.window(since, now), s.total(now)) for s in self.series()]
+        windows = sum_by((s.name, window) for s, window, _ in views)
+        totals = sum_by((s.name, total) for s, _, total in views)
         models: dict[str, Any] = {}
         overall_window, overall_total = Aggregate(), Aggregate()
-        for name, series in self._series.items():
-            window = series.window(now - self.config.window_s, now)
-            total = series.total(now)
+        for name, total in totals.items():
+            window = windows[name]
             if total.requests == 0 and not total.batches and name == UNKNOWN_MODEL:
                 continue
             overall_window.add(window)
@@ -358,6 +383,17 @@ class Monitor:
                 "since_start": _summary(total),
                 "queue_depth": self._queue_depth.get(name, 0),
             }
+        by_protocol = [
+            sum_by(((PROTOCOLS[s.protocol], agg[i]) for s, *agg in views), PROTOCOLS)
+            for i in (0, 1)
+        ]
+        protocols = {
+            protocol: {
+                "window": _request_summary(by_protocol[0][protocol]),
+                "since_start": _request_summary(by_protocol[1][protocol]),
+            }
+            for protocol in PROTOCOLS
+        }
         return {
             "enabled": self.config.enabled,
             "window_s": self.config.window_s,
@@ -366,6 +402,7 @@ class Monitor:
             "generated_at": self._wall_clock(),
             "models": models,
             "overall": {"window": _summary(overall_window), "since_start": _summary(overall_total)},
+            "protocols": protocols,
             "queue_depth": dict(self._queue_depth),
             "workers": self._worker_rows(),
             "worker_events": dict(self._worker_events),
@@ -422,33 +459,42 @@ class Monitor:
     def _history_record(self, now: float) -> dict[str, Any]:
         """What happened since the previous snapshot (counts per interval, not cumulative)."""
         interval_s, self._last_history = now - self._last_history, now
+        series_totals = self.series_totals(now)
         models: dict[str, Any] = {}
-        for name, series in self._series.items():
-            total = series.total(now)
-            previous = self._history_prev.get(name)
-            delta = total.counts - previous if previous is not None else total.counts
-            self._history_prev[name] = total.counts
-            previous_status = self._history_prev_status.get(name, {})
-            status = {c: n - previous_status.get(c, 0) for c, n in total.status.items()}
-            self._history_prev_status[name] = dict(total.status)
-            requests = int(delta[_OFF_TOTAL : _OFF_TOTAL + N_BUCKETS].sum())
-            if requests == 0 and name == UNKNOWN_MODEL:
+        for name, total in self.model_totals(now, series_totals).items():
+            interval = self._since_last_record(("model", name), total)
+            if interval.requests == 0 and name == UNKNOWN_MODEL:
                 continue
-            interval = Aggregate(
-                counts=delta, status=Counter({c: n for c, n in status.items() if n})
-            )
             entry = _summary(interval, with_rps=False)
             entry["histogram_us"] = coarse(interval.segment("total"))
             models[name] = entry
+        by_protocol = sum_by(((PROTOCOLS[s.protocol], t) for s, t in series_totals), PROTOCOLS)
+        protocols = {
+            protocol: _request_summary(
+                self._since_last_record(("protocol", protocol), total), with_rps=False
+            )
+            for protocol, total in by_protocol.items()
+        }
         return {
             "t": self._wall_clock(),
             "uptime_s": now - self._started,
             "interval_s": interval_s,
             "models": models,
+            "protocols": protocols,
             "queue_depth": dict(self._queue_depth),
             "workers": [asdict(worker) for worker in self._workers],
             "alerts": self._alerts.states(),
         }
+
+    def _since_last_record(self, key: tuple[str, str], total: Aggregate) -> Aggregate:
+        """``total`` (since start) less what the previous history record had counted of it."""
+        previous = self._history_prev.get(key)
+        counts = total.counts - previous if previous is not None else total.counts
+        self._history_prev[key] = total.counts
+        before = self._history_prev_status.get(key, {})
+        self._history_prev_status[key] = dict(total.status)
+        status = Counter({code: n - before.get(code, 0) for code, n in total.status.items()})
+        return Aggregate(counts=counts, status=+status)  # +: drops the zero entries
 
     def close(self) -> None:
         """At shutdown: write a last history snapshot, flush the webhook queue (bounded wait)."""
@@ -460,7 +506,9 @@ class Monitor:
     # ------------------------------------------------------------------ for the exposition
 
     def series(self) -> Iterable[ModelSeries]:
-        return self._series.values()
+        """Every series: one per model name and protocol that recorded something."""
+        for table in self._tables:
+            yield from table.values()
 
     @property
     def workers(self) -> list[WorkerSnapshot]:
@@ -488,6 +536,20 @@ class Monitor:
         return self._clock()
 
 
+def sum_by(
+    pairs: Iterable[tuple[str, Aggregate]], keys: Iterable[str] = ()
+) -> dict[str, Aggregate]:
+    """The aggregates added up per key (in order of first appearance; ``keys`` always present).
+    The inputs are left as they are."""
+    sums = {key: Aggregate() for key in keys}
+    for key, agg in pairs:
+        total = sums.get(key)
+        if total is None:
+            total = sums[key] = Aggregate()
+        total.add(agg)
+    return sums
+
+
 def _errors(status: dict[int, int] | Counter[int]) -> int:
     return sum(n for code, n in status.items() if code >= _STATUS_ERROR_MIN)
 
@@ -509,31 +571,39 @@ def _latency(agg: Aggregate, segment: str) -> dict[str, Any]:
     return out
 
 
-def _summary(agg: Aggregate, with_rps: bool = True) -> dict[str, Any]:
+def _request_summary(agg: Aggregate, with_rps: bool = True) -> dict[str, Any]:
+    """Requests, errors, statuses and total latency: what every breakdown reports."""
     requests = agg.requests
     errors = _errors(agg.status)
-    answered = agg.status.get(200, 0)
-    batches = sum(agg.batches.values())
-    observations = sum(size * n for size, n in agg.batches.items())
     out: dict[str, Any] = {
         "requests": requests,
         "errors": errors,
         "error_rate": errors / requests if requests else None,
-        "cache_hits": agg.cached,
-        "cache_hit_rate": agg.cached / answered if answered else None,
         "status": {str(code): n for code, n in sorted(agg.status.items())},
-        "latency_us": {stage: _latency(agg, stage) for stage in STAGES},
-        "batch_size": {
-            "batches": batches,
-            "mean": observations / batches if batches else None,
-            "max": max(agg.batches) if batches else None,
-            "distribution": {str(size): n for size, n in sorted(agg.batches.items())},
-        },
-        "batch1_inference_us": _latency(agg, "batch1_inference"),
+        "latency_us": {"total": _latency(agg, "total")},
     }
     if with_rps:
         out["span_s"] = agg.span_s
         out["rps"] = requests / agg.span_s if agg.span_s > 0 else 0.0
+    return out
+
+
+def _summary(agg: Aggregate, with_rps: bool = True) -> dict[str, Any]:
+    """A model's (or all models') summary: the request summary, every stage, cache, batches."""
+    out = _request_summary(agg, with_rps)
+    answered = agg.status.get(200, 0)
+    batches = sum(agg.batches.values())
+    observations = sum(size * n for size, n in agg.batches.items())
+    out["cache_hits"] = agg.cached
+    out["cache_hit_rate"] = agg.cached / answered if answered else None
+    out["latency_us"] = {stage: _latency(agg, stage) for stage in STAGES}
+    out["batch_size"] = {
+        "batches": batches,
+        "mean": observations / batches if batches else None,
+        "max": max(agg.batches) if batches else None,
+        "distribution": {str(size): n for size, n in sorted(agg.batches.items())},
+    }
+    out["batch1_inference_us"] = _latency(agg, "batch1_inference")
     return out
 
 

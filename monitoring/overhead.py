@@ -1,6 +1,7 @@
 """Measure what monitoring costs per request: ``python -m monitoring.overhead [--calls N]``.
 
-Times ``Monitor.record_request`` (all five stages recorded), ``record_batch`` and the disabled
+Times ``Monitor.record_request`` (all five stages recorded; with the default protocol and with
+``oip_rest`` passed), ``record_batch`` and the disabled
 monitor's no-op, over N calls with realistic values, and prints nanoseconds per call.
 """
 
@@ -29,6 +30,13 @@ def measure(calls: int = 1_000_000, seed: int = 0) -> dict[str, float]:
             total = totals[i & 4095]
             record("tactical", 200, total, 12.0, 3.0, 40.0, total * 0.6, False)
         results[label] = (time.perf_counter_ns() - start) / calls
+    monitor = Monitor(MonitorConfig(models=("tactical", "strategic")))
+    record = monitor.record_request
+    start = time.perf_counter_ns()
+    for i in range(calls):  # the protocol passed explicitly, as the OIP front will
+        total = totals[i & 4095]
+        record("tactical", 200, total, 12.0, 3.0, 40.0, total * 0.6, False, 1)
+    results["record_request_oip_rest"] = (time.perf_counter_ns() - start) / calls
     monitor = Monitor(MonitorConfig(models=("tactical",)))
     record_batch = monitor.record_batch
     batch_calls = max(calls // 10, 1)

@@ -30,9 +30,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from scipy import stats
 
 from monitoring.config import RegressionConfig
+from monitoring.distributions import (
+    binned_mann_whitney_greater,
+    binom_ppf,
+    binom_sf,
+    mann_whitney_greater,
+)
 from monitoring.histogram import BUCKET_EDGES, BUCKET_MIDPOINTS, bin_counts
 
 # One set of defaults for the live detector and the CLI: the live one's.
@@ -104,34 +109,18 @@ def _quantile(dist: _Dist, q: float) -> float:
     return dist.order_stat(math.ceil(q * dist.n))
 
 
-def _binned_mann_whitney_greater(new: np.ndarray, base: np.ndarray) -> float:
-    """One-sided p-value that ``new`` is stochastically greater, from bucket counts
-    (normal approximation with tie correction and continuity correction)."""
-    n1, n2 = float(new.sum()), float(base.sum())
-    below = np.cumsum(base) - base
-    u = float(np.sum(new * (below + 0.5 * base)))
-    ties = (new + base).astype(np.float64)
-    total = n1 + n2
-    tie_term = float(np.sum(ties**3 - ties)) / (total * (total - 1.0))
-    variance = n1 * n2 / 12.0 * ((total + 1.0) - tie_term)
-    if variance <= 0.0:
-        return 1.0
-    z = (u - n1 * n2 / 2.0 - 0.5) / math.sqrt(variance)
-    return float(stats.norm.sf(z))
-
-
 def _center_p(base: _Dist, new: _Dist) -> float:
     if isinstance(base, _Samples) and isinstance(new, _Samples):
-        return float(stats.mannwhitneyu(new.values, base.values, alternative="greater").pvalue)
-    return _binned_mann_whitney_greater(new.counts(), base.counts())
+        return mann_whitney_greater(new.values, base.values)
+    return binned_mann_whitney_greater(new.counts(), base.counts())
 
 
 def _tail_p(base: _Dist, new: _Dist, alpha: float, min_effect_tail: float) -> float:
     # rank of an upper (1 - alpha/4) confidence bound of the base p99
-    rank = int(stats.binom.ppf(1.0 - alpha / 4.0, base.n, 0.99)) + 1
+    rank = binom_ppf(1.0 - alpha / 4.0, base.n, 0.99) + 1
     threshold = (1.0 + min_effect_tail) * base.order_stat(rank)
     exceed = new.count_above(threshold)
-    return float(stats.binom.sf(exceed - 1, new.n, 0.01))
+    return binom_sf(exceed - 1, new.n, 0.01)
 
 
 def _compare(
@@ -234,7 +223,7 @@ def compare_to_quantiles(
     for key, share, effect in (("p50", 0.5, min_effect), ("p99", 0.01, min_effect_tail)):
         if key in baseline_us and baseline_us[key] > 0:
             exceed = dist.count_above((1.0 + effect) * float(baseline_us[key]))
-            p_values[key] = float(stats.binom.sf(exceed - 1, dist.n, share))
+            p_values[key] = binom_sf(exceed - 1, dist.n, share)
     ratio_p50 = _ratio(_quantile(dist, 0.5), baseline_us.get("p50"))
     ratio_p99 = _ratio(_quantile(dist, 0.99), baseline_us.get("p99"))
     hits = [key for key, p in p_values.items() if p < alpha / 2]

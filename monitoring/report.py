@@ -23,11 +23,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import orjson
+
+try:
+    import matplotlib
+except ImportError as exc:  # the report is an operator's tool, not part of the server
+    raise SystemExit(
+        "the report needs matplotlib, an optional extra: pip install -c constraints.txt "
+        "'.[report]' (make test installs it)"
+    ) from exc
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after use("Agg")
-import orjson
 
 from monitoring.histogram import QUANTILES
 from monitoring.history import read_history

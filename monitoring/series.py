@@ -1,5 +1,5 @@
-"""Per-model recording state: a flat list of counts written by the hot path, rotated once a
-second into a bounded ring of sparse per-second slices, plus since-start totals.
+"""Per-model recording state: the counts of the second being recorded, rotated once a second
+into a bounded ring of sparse per-second slices, plus since-start totals.
 
 Layout of the flat count vector (``SLOTS`` integers): one block of ``N_BUCKETS`` histogram counts
 per segment (the request stages, then the inference time of single-observation batches), then
@@ -20,6 +20,7 @@ from monitoring.histogram import N_BUCKETS, bin_counts, sparse
 SEGMENTS: tuple[str, ...] = (*STAGES, "batch1_inference")
 N_SEGMENTS = len(SEGMENTS)
 OFFSET: dict[str, int] = {name: i * N_BUCKETS for i, name in enumerate(SEGMENTS)}
+_BATCH1_OFFSET = OFFSET["batch1_inference"]
 CACHED_SLOT = N_SEGMENTS * N_BUCKETS
 SLOTS = CACHED_SLOT + 1
 N_STAGES = len(STAGES)
@@ -75,14 +76,18 @@ class Aggregate:
 
 
 class ModelSeries:
-    """Everything recorded for one model name. Single-threaded: the front's event loop."""
+    """Everything recorded for one model name over one protocol (an index into ``PROTOCOLS``).
+    Single-threaded: the front's event loop."""
 
     __slots__ = (
         "cur",
+        "cur_batch1",
         "cur_batches",
+        "cur_cached",
         "cur_max",
         "name",
         "pending",
+        "protocol",
         "ring",
         "since_start",
         "since_start_max",
@@ -92,10 +97,18 @@ class ModelSeries:
         "total_batches",
     )
 
-    def __init__(self, name: str, now: float, max_slices: int) -> None:
+    def __init__(self, name: str, now: float, max_slices: int, protocol: int = 0) -> None:
         self.name = name
+        self.protocol = protocol
         self.started = now
-        self.cur: list[int] = [0] * SLOTS
+        # The second being recorded. flush() adds the stage histograms, bucketed in bulk, into
+        # the numpy vector ``cur``; the two counts the hot path bumps one at a time stay Python
+        # objects (a numpy item increment costs twice a list's): batch-1 inference buckets in
+        # a list, cache hits in an int. current_counts() puts the three together, so a
+        # rotation converts 3,712 list items (~0.1 ms), not all 22,273 (~0.9 ms).
+        self.cur = np.zeros(SLOTS, dtype=np.int64)
+        self.cur_batch1: list[int] = [0] * N_BUCKETS
+        self.cur_cached = 0
         self.cur_max: list[float] = [0.0] * N_SEGMENTS
         self.cur_batches: dict[int, int] = {}
         # One row of STAGES times per request, appended on the hot path (~0.2 us) and
@@ -122,13 +135,19 @@ class ModelSeries:
                 values = values[values > 0.0]
                 if not values.size:
                     continue
-            counts = bin_counts(values)
-            (where,) = counts.nonzero()
             offset = stage * N_BUCKETS
-            for i, n in zip((where + offset).tolist(), counts[where].tolist(), strict=True):
-                cur[i] += n
+            cur[offset : offset + N_BUCKETS] += bin_counts(values)
             maxes[stage] = max(maxes[stage], float(values.max()))
         self.pending = array("d")
+
+    def current_counts(self) -> np.ndarray:
+        """The second being recorded as one count vector (a new array)."""
+        self.flush()
+        counts = self.cur.copy()
+        if 1 in self.cur_batches:  # else the batch-1 list is all zeros
+            counts[_BATCH1_OFFSET : _BATCH1_OFFSET + N_BUCKETS] = self.cur_batch1
+        counts[CACHED_SLOT] = self.cur_cached
+        return counts
 
     def rotate(self, start: float, end: float) -> Slice:
         """Close the current slice: store it sparsely in the ring, fold it into the totals."""
@@ -137,8 +156,11 @@ class ModelSeries:
             idle = Slice(start, end, _NO_INDEX, _NO_COUNT, [0.0] * N_SEGMENTS, {}, {})
             self.ring.append(idle)  # nothing recorded: skip converting the count list
             return idle
-        counts = np.array(self.cur, dtype=np.int64)
-        self.cur = [0] * SLOTS
+        counts = self.current_counts()
+        self.cur.fill(0)
+        if 1 in self.cur_batches:
+            self.cur_batch1 = [0] * N_BUCKETS
+        self.cur_cached = 0
         maxes, self.cur_max = self.cur_max, [0.0] * N_SEGMENTS
         batches, self.cur_batches = self.cur_batches, {}
         status_delta = self._status_since_rotation()
@@ -178,7 +200,7 @@ class ModelSeries:
         batches = Counter(self.total_batches)
         batches.update(self.cur_batches)
         return Aggregate(
-            counts=self.since_start + np.array(self.cur, dtype=np.int64),
+            counts=self.since_start + self.current_counts(),
             max_us=[max(a, b) for a, b in zip(self.since_start_max, self.cur_max, strict=True)],
             status=Counter(self.status),  # cumulative already: no per-slice delta to add
             batches=batches,
@@ -186,8 +208,7 @@ class ModelSeries:
         )
 
     def _add_current(self, agg: Aggregate) -> None:
-        self.flush()
-        agg.counts += np.array(self.cur, dtype=np.int64)
+        agg.counts += self.current_counts()
         agg.max_us = [max(a, b) for a, b in zip(agg.max_us, self.cur_max, strict=True)]
         agg.status.update(self._status_since_rotation())
         agg.batches.update(self.cur_batches)

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +63,17 @@ def _checkpoint(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
-def _call_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 10:
-        raise argparse.ArgumentTypeError(f"{value}: at least 10 calls are needed")
-    return value
+def _at_least(minimum: int, unit: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: at least {minimum} {unit} are needed")
+        return value
+
+    return parse
 
 
 def _tolerance_text(tol: Tolerance) -> str:
@@ -116,12 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--calls",
-        type=_call_count,
+        type=_at_least(10, "calls"),
         default=OptimizeConfig.calls,
         help="timed batch-1 calls per variant (default %(default)s)",
     )
+    p.add_argument(
+        "--fidelity-rows",
+        type=_at_least(1000, "rows"),
+        default=OptimizeConfig.fidelity_rows,
+        help="rows per held-out realistic set (standard normal, Student-t(3)); default %(default)s",
+    )
+    p.add_argument(
+        "--calibration-rows",
+        type=_at_least(64, "rows"),
+        default=OptimizeConfig.calibration_rows,
+        help="standard-normal rows that calibrate static int8 (default %(default)s)",
+    )
+    p.add_argument(
+        "--int8-batches",
+        action="store_true",
+        help="let the server serve batches with an eligible int8 variant behind its guards "
+        "where it is measured cheaper (default: measured and recorded, not enabled)",
+    )
     p.add_argument("--onnx-exporter", choices=("dynamo", "legacy"), default="dynamo")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="print the fidelity and cost table (Markdown) on stdout",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     # Test hook: make a variant's build raise, to exercise the fallback path for real.
     p.add_argument(
@@ -140,6 +166,9 @@ def config_from_args(args: argparse.Namespace) -> OptimizeConfig:
         tolerance_int8=args.tol_int8,
         calls=args.calls,
         warmup_calls=min(OptimizeConfig.warmup_calls, args.calls),
+        fidelity_rows=args.fidelity_rows,
+        calibration_rows=args.calibration_rows,
+        int8_batches=args.int8_batches,
         onnx_exporter=args.onnx_exporter,
         fail_variants=frozenset(args.fail_variant),
     )
@@ -151,6 +180,9 @@ def summary(manifest: Manifest, out_dir: Path, total_s: float) -> dict[str, Any]
         models[name] = {
             "selected": record.selected,
             "selection_reason": record.selection_reason,
+            "batch_variant": record.batch_variant,
+            "batch_min_rows": record.batch_min_rows,
+            "batch_selection_reason": record.batch_selection_reason,
             "fallbacks": [{"variant": f.variant, "error": f.error} for f in record.fallbacks],
             "variants": {
                 v.name.value: {
@@ -159,6 +191,10 @@ def summary(manifest: Manifest, out_dir: Path, total_s: float) -> dict[str, Any]
                     "max_abs_error_probs": v.max_abs_error_probs,
                     "max_abs_error_value": v.max_abs_error_value,
                     "latency_us": v.latency_us.as_dict() if v.latency_us else None,
+                    "per_sample_us": v.per_sample_us,
+                    "eligible": v.eligible,
+                    "eligibility": v.eligibility,
+                    "agreement": v.agreement_summary(),
                     "error": v.error,
                 }
                 for v in record.variants
@@ -195,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress(f"wrote {result['manifest']} in {total_s:.1f}s")
     if args.json:
         print(json.dumps(result, indent=2))
+    if args.table:
+        from optimize.table import markdown_table
+
+        print(markdown_table(manifest))
     if not result["ok"]:
         missing = [n for n, r in manifest.models.items() if r.selected is None]
         print(f"python -m optimize: no servable variant for {', '.join(missing)}", file=sys.stderr)

@@ -57,3 +57,22 @@ def host_info() -> HostInfo:
         usable_cores=usable,
         platform=platform.platform(),
     )
+
+
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags(proc_cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    try:
+        for line in proc_cpuinfo.read_text().splitlines():
+            if line.lower().startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_vnni(proc_cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """VNNI multiplies u8 by s8 and accumulates in int32; without it ORT's 8-bit kernels
+    sum pairs in int16 (vpmaddubsw) and saturate unless weights use 7 bits."""
+    return bool(cpu_flags(proc_cpuinfo) & VNNI_FLAGS)

@@ -6,16 +6,23 @@ of its runtime is opened.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from models.ensemble import EnsembleRule
+from models.spec import get_spec
+from optimize.guards import GuardedRunnerType, ServedRunner, open_guarded
 from optimize.manifest import (
     MANIFEST_NAME,
     ArtifactIntegrityError,
+    Fidelity,
+    Guard,
     Manifest,
     ManifestError,
     VariantRecord,
@@ -29,9 +36,12 @@ __all__ = [
     "ManifestError",
     "Runner",
     "ServedModel",
+    "ServedRunner",
     "load_manifest",
     "load_served",
     "load_variant",
+    "open_guarded_variant",
+    "reproduce_fidelity",
     "sha256_bytes",
     "sha256_file",
     "verify_artifacts",
@@ -59,7 +69,11 @@ class ServedModel:
     max_abs_error_probs: float
     max_abs_error_value: float
     latency_us: dict[str, float]  # p50/p99/p99_9 from the manifest
+    # ``runner.run`` as any runner; from ``load_served`` a ``ServedRunner`` whose
+    # ``fallbacks()`` counts the rows the int8 guards sent to float32.
     runner: Runner
+    batch_variant: str | None = None  # int8 variant serving batches of batch_min_rows+ rows
+    batch_min_rows: int | None = None
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -160,7 +174,7 @@ def load_variant(
         raise ArtifactLoadError(
             f"{model}/{variant}: {record.runtime} could not open {path}: {exc}"
         ) from exc
-    _warm_up(runner, model_record.observation_shape, warmup_calls)
+    _warm_up(runner, np.zeros((1, *model_record.observation_shape), np.float32), warmup_calls)
     return ServedModel(
         name=model,
         version=record.sha256[:12],
@@ -186,18 +200,108 @@ def load_served(
     threads: int = 1,
     manifest: Manifest | None = None,
     warmup_calls: int = WARMUP_CALLS,
+    agent_weights: Sequence[float] | None = None,
 ) -> ServedModel:
-    """Loads the variant the optimizer selected for ``model``."""
+    """Loads what the optimizer selected for ``model``: the batch-1 variant, and, when the
+    manifest says so, an int8 variant behind its range and margin guards for batches of
+    ``batch_min_rows`` rows or more (its float32 fallback loaded beside it). The runner is a
+    ``ServedRunner``: ``run`` picks per call, ``fallbacks()`` counts the guards' rows.
+    ``agent_weights`` are the server's ensemble weights, which the margin guard decides by.
+    """
     manifest = manifest if manifest is not None else load_manifest(artifacts_dir)
-    selected = manifest.model(model).selected_variant
-    return load_variant(
+    entry = manifest.model(model)
+    served = load_variant(
         artifacts_dir,
         model,
-        selected.name,
+        entry.selected_variant.name,
         threads=threads,
         manifest=manifest,
         warmup_calls=warmup_calls,
     )
+    guarded = None
+    if entry.batch_variant is not None and entry.batch_min_rows is not None:
+        rule = EnsembleRule(get_spec(model), agent_weights)
+        guarded = open_guarded_variant(
+            artifacts_dir, manifest, model, entry.batch_variant, rule, threads=threads
+        )
+        batch = np.zeros((entry.batch_min_rows, *entry.observation_shape), dtype=np.float32)
+        _warm_up(guarded, batch, warmup_calls)
+        guarded.counts.reset()  # warm-up rows are not the server's
+    runner = ServedRunner(served.runner, guarded, entry.batch_min_rows)
+    return dataclasses.replace(
+        served,
+        runner=runner,
+        batch_variant=None if guarded is None else str(entry.batch_variant),
+        batch_min_rows=runner.min_rows,
+    )
+
+
+def open_guarded_variant(
+    artifacts_dir: Path,
+    manifest: Manifest,
+    model: str,
+    variant: str,
+    rule: EnsembleRule,
+    *,
+    threads: int = 1,
+) -> GuardedRunnerType:
+    """An int8 variant behind the guards the manifest records, with its float32 fallback;
+    both artifacts' sha256 checked."""
+    entry = manifest.model(model)
+    record = entry.variant(variant)
+    if record.guard is None:
+        raise ManifestError(f"{model}/{variant} has no guard recorded; it is not served as int8")
+    fallback = entry.variant(record.guard.fallback_variant)
+    int8_path, int8_data = _read_verified(artifacts_dir, record, model)
+    _, fp32_data = _read_verified(artifacts_dir, fallback, model)
+    try:
+        return open_guarded(
+            record.runtime, int8_data, fp32_data, record.guard, rule, threads=threads
+        )
+    except Exception as exc:
+        raise ArtifactLoadError(
+            f"{model}/{variant}: {record.runtime} could not open {int8_path} behind its "
+            f"guards: {exc}"
+        ) from exc
+
+
+def reproduce_fidelity(
+    artifacts_dir: Path, model: str, variant: str, *, manifest: Manifest | None = None
+) -> list[Fidelity]:
+    """The loader's own check of a variant's recorded fidelity: the held-out sets are drawn
+    again from the recorded seed, the reference is the ``eager_fp32`` artifact, and the
+    variant runs alone and as served (behind the recorded guard). Returns the figures in
+    the manifest's order; equal to the recorded ones when the artifacts are the ones
+    measured, on this host. Imports torch (for the reference)."""
+    from optimize.fidelity import realistic_sets, verify_fidelity
+
+    manifest = manifest if manifest is not None else load_manifest(artifacts_dir)
+    settings, entry = manifest.settings, manifest.model(model)
+    record = entry.variant(variant)
+    sets = realistic_sets(
+        tuple(entry.observation_shape), settings.verification_seed, settings.fidelity_rows
+    )
+    reference = load_variant(artifacts_dir, model, "eager_fp32", manifest=manifest, warmup_calls=0)
+    expected = {case: reference.runner.run(x) for case, x in sets.items()}
+    alone = load_variant(artifacts_dir, model, variant, manifest=manifest, warmup_calls=0)
+    guard = record.guard
+    guarded = None
+    if guard is not None:
+        rule = EnsembleRule(get_spec(model))
+
+        def guarded(_alone: object) -> tuple[Guard, GuardedRunnerType]:
+            # the recorded guard, not one measured again: that is what the server runs
+            return guard, open_guarded_variant(artifacts_dir, manifest, model, variant, rule)
+
+    figures, _, _ = verify_fidelity(
+        alone.runner,
+        sets,
+        expected,
+        model=model,
+        batches=tuple(sorted({1, settings.fidelity_batch})),
+        guarded=guarded,
+    )
+    return figures
 
 
 def verify_artifacts(artifacts_dir: Path) -> Manifest:
@@ -222,12 +326,9 @@ def verify_artifacts(artifacts_dir: Path) -> Manifest:
     return manifest
 
 
-def _warm_up(runner: Runner, observation_shape: list[int], calls: int) -> None:
-    if calls <= 0:
-        return
-    observation = np.zeros((1, *observation_shape), dtype=np.float32)
+def _warm_up(runner: Runner, observations: np.ndarray, calls: int) -> None:
     for _ in range(calls):
-        runner.run(observation)
+        runner.run(observations)
 
 
 def _or_nan(value: float | None) -> float:

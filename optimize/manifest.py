@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Union
 
-SCHEMA_VERSION = 1
+# 2: int8 fidelity on realistic sets, eligibility, guards, a variant per batch size. A
+# version-1 manifest still loads (every new field has a default): it serves float32 only.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 
 
@@ -32,7 +35,8 @@ class VariantName(StrEnum):
     TORCHSCRIPT_FP32 = "torchscript_fp32"
     TORCHSCRIPT_INT8 = "torchscript_int8"
     ONNX_FP32 = "onnx_fp32"
-    ONNX_INT8 = "onnx_int8"
+    ONNX_INT8 = "onnx_int8"  # dynamic quantization, kept for comparison
+    ONNX_INT8_STATIC = "onnx_int8_static"  # calibrated static QDQ, served with guards
 
 
 class Runtime(StrEnum):
@@ -76,6 +80,52 @@ class LatencyUs:
         return {"p50": self.p50, "p99": self.p99, "p99_9": self.p99_9}
 
 
+class FidelityMode(StrEnum):
+    ALONE = "alone"  # the variant's own outputs
+    SERVED = "served"  # what the server answers: int8 behind its range and margin guards
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """One variant against float32 on one held-out realistic set, at one batch size.
+
+    ``agreement`` is the share of rows whose decision (arg-max of the equal-weight ensemble
+    mean) is float32's; ``max_disagreeing_margin`` is the largest float32 top-1 minus top-2
+    margin among the rows that disagree (None when none does)."""
+
+    case: str  # "normal" (z-scored features) or "student_t3" (heavy-tailed)
+    mode: FidelityMode
+    batch: int
+    rows: int
+    max_abs_error_probs: float
+    p99_9_abs_error_probs: float
+    max_abs_error_value: float
+    p99_9_abs_error_value: float
+    agreement: float
+    disagreements: int
+    max_disagreeing_margin: float | None = None
+    fallback_range_rows: int = 0  # served: rows the range guard sent to float32
+    fallback_margin_rows: int = 0  # served: rows the margin guard recomputed in float32
+
+
+@dataclass(frozen=True)
+class Guard:
+    """How an int8 variant is served: rows outside [input_low, input_high] (the calibrated
+    range) run on ``fallback_variant``; so do rows whose int8 decision margin is below
+    ``margin_threshold`` (equal agent weights) or ``margin_threshold_any_weights``."""
+
+    fallback_variant: VariantName
+    input_low: float
+    input_high: float
+    calibration_rows: int
+    # Largest |int8 - float32| on in-range verification rows: of the equal-weight ensemble
+    # mean, and of any one agent's probabilities (which bounds any weighted mean).
+    mean_error_bound: float
+    agent_error_bound: float
+    margin_threshold: float
+    margin_threshold_any_weights: float
+
+
 @dataclass(frozen=True)
 class Fallback:
     variant: str
@@ -103,10 +153,44 @@ class VariantRecord:
     build_s: float | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)  # deprecation warnings, exporter used
+    # Schema 2. Errors above are as served (int8 behind its guards), on the magnitude cases
+    # and the realistic sets; ``fidelity`` details the realistic sets alone and as served.
+    fidelity: list[Fidelity] = field(default_factory=list)
+    guard: Guard | None = None
+    eligible: bool | None = None  # None: recorded by schema 1, which knew only tolerance
+    eligibility: str | None = None  # why it is or is not eligible
+    per_sample_us: dict[str, float] = field(default_factory=dict)  # batch size -> us/sample
 
     @property
     def servable(self) -> bool:
-        return self.status == Status.OK and self.within_tolerance and self.file is not None
+        return (
+            self.status == Status.OK
+            and self.within_tolerance
+            and self.eligible is not False
+            and self.file is not None
+        )
+
+    def agreement_summary(self) -> dict[str, dict[str, float | None]]:
+        """As served, per realistic set and batch size: decision agreement with float32 and
+        the largest float32 margin among disagreements. What ``/models`` and reports show:
+        ``{"normal": {"batch_1": 1.0, "batch_32": 1.0, "max_disagreeing_margin": None}}``."""
+        out: dict[str, dict[str, float | None]] = {}
+        for f in self.fidelity:
+            if f.mode != FidelityMode.SERVED:
+                continue
+            entry = out.setdefault(f.case, {"max_disagreeing_margin": None})
+            entry[f"batch_{f.batch}"] = f.agreement
+            if f.max_disagreeing_margin is not None:
+                entry["max_disagreeing_margin"] = max(
+                    f.max_disagreeing_margin, entry["max_disagreeing_margin"] or 0.0
+                )
+        return out
+
+    def fidelity_for(self, case: str, mode: FidelityMode, batch: int) -> Fidelity | None:
+        for f in self.fidelity:
+            if (f.case, f.mode, f.batch) == (case, mode, batch):
+                return f
+        return None
 
 
 @dataclass(frozen=True)
@@ -128,8 +212,14 @@ class ModelRecord:
     selected: VariantName | None
     selection_reason: str
     fallbacks: list[Fallback] = field(default_factory=list)
-    # int8 artifact bytes / fp32 artifact bytes, per runtime family ("torchscript", "onnx").
+    # int8 artifact bytes / fp32 artifact bytes, per int8 variant's family ("torchscript",
+    # "onnx" for dynamic, "onnx_static").
     int8_to_fp32_size_ratio: dict[str, float] = field(default_factory=dict)
+    # Schema 2: batches of at least ``batch_min_rows`` rows run on ``batch_variant`` (an
+    # eligible int8 variant, behind its guards); smaller ones on ``selected``.
+    batch_variant: VariantName | None = None
+    batch_min_rows: int | None = None
+    batch_selection_reason: str = ""
 
     def variant(self, name: str) -> VariantRecord:
         for record in self.variants:
@@ -177,6 +267,13 @@ class MeasurementSettings:
     tolerance_int8: Tolerance
     verification_seed: int
     onnx_exporter: str
+    # Schema 2: the held-out realistic sets and the calibration set.
+    fidelity_rows: int = 0  # per realistic set
+    fidelity_batch: int = 32  # the served batch size the sets are also run at
+    calibration_rows: int = 0
+    calibration_seed: int = 0
+    measured_batches: list[int] = field(default_factory=list)
+    int8_batches: bool = False  # whether the run was allowed to plan int8 for batches
 
 
 @dataclass(frozen=True)
@@ -204,9 +301,10 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError(f"manifest must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise ManifestError(
-                f"manifest has schema_version {version!r}, this code reads {SCHEMA_VERSION}; "
+                f"manifest has schema_version {version!r}, this code reads "
+                f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; "
                 "re-run `python -m optimize` to write a current manifest"
             )
         return _decode(cls, data, "manifest")

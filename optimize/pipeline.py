@@ -13,16 +13,25 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models import PolicySystem, build_default, get_spec, load_checkpoint
+from models import EnsembleRule, ModelSpec, PolicySystem, build_default, get_spec, load_checkpoint
 from optimize.capture import Captured, captured_output
-from optimize.config import OptimizeConfig
+from optimize.config import REQUIRES, OptimizeConfig
+from optimize.fidelity import (
+    RowErrors,
+    calibration_set,
+    eligibility,
+    measure_guard,
+    realistic_sets,
+    verify_fidelity,
+)
+from optimize.guards import GuardedRunnerType, open_guarded
 from optimize.host import host_info, library_versions
 from optimize.loader import sha256_bytes, sha256_file
 from optimize.manifest import (
@@ -31,6 +40,9 @@ from optimize.manifest import (
     CheckpointKind,
     CheckpointSource,
     Fallback,
+    Fidelity,
+    FidelityMode,
+    Guard,
     Manifest,
     MeasurementSettings,
     ModelRecord,
@@ -40,16 +52,22 @@ from optimize.manifest import (
     VariantRecord,
 )
 from optimize.measure import Measurement, measure
+from optimize.quantize import InputRange, calibrated_range
 from optimize.runners import Runner, TorchRunner, open_runner
-from optimize.selection import select_variant
+from optimize.selection import select_batch_variant, select_variant
 from optimize.variants import PLANS, BuildInputs, VariantPlan
-from optimize.verify import Outputs, reference_outputs, verification_inputs, verify
+from optimize.verify import Outputs, Verification, reference_outputs, verification_inputs, verify
 
 Progress = Callable[[str], None]
 MAX_ERROR_CHARS = 300
 # A worker's default thread count (--worker-threads 1). Pinning, opening and the manifest's
 # record all read it, so the recorded figure cannot drift from the one measured with.
 THREADS = 1
+INT8_FAMILIES = {
+    VariantName.TORCHSCRIPT_INT8: "torchscript",
+    VariantName.ONNX_INT8: "onnx",
+    VariantName.ONNX_INT8_STATIC: "onnx_static",
+}
 
 
 class InjectedFailure(RuntimeError):
@@ -86,8 +104,13 @@ def _short_error(exc: BaseException) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _VerifyCases:
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, np.ndarray]  # the magnitude cases
     expected: dict[str, Outputs]
+    realistic: dict[str, np.ndarray]  # held out: never used to calibrate
+    realistic_expected: dict[str, Outputs]
+    input_range: InputRange  # the calibration set's
+    calibration_rows: int
+    batches: tuple[int, ...]  # fidelity is judged at these batch sizes
 
 
 def _build_file(
@@ -111,6 +134,54 @@ def _build_file(
     return notes, captured
 
 
+def _guarded_fidelity(
+    plan: VariantPlan, runner: Runner, data: bytes, inputs: BuildInputs, cases: _VerifyCases
+) -> tuple[list[Fidelity], Guard | None, Runner]:
+    """Fidelity alone and as served; int8 is served behind guards that fall back to the
+    float32 variant of its runtime, which must have been built. The guarded runner is
+    opened from the two artifacts' bytes exactly as the loader opens it."""
+    model = inputs.reference.spec.name
+    fallback = REQUIRES.get(plan.name) if plan.precision == Precision.INT8 else None
+    guarded = None
+    if fallback is not None:
+        fp32_path = inputs.built.get(fallback)
+        if fp32_path is None:
+            raise RuntimeError(f"{plan.name} is served with {fallback} as its fallback, not built")
+        fp32_data = fp32_path.read_bytes()
+        rule = EnsembleRule(get_spec(model))
+
+        def guarded(alone: Mapping[tuple[str, int], RowErrors]) -> tuple[Guard, GuardedRunnerType]:
+            guard = measure_guard(
+                alone,
+                cases.realistic,
+                fallback_variant=fallback,
+                low=cases.input_range.low,
+                high=cases.input_range.high,
+                calibration_rows=cases.calibration_rows,
+            )
+            return guard, open_guarded(plan.runtime, data, fp32_data, guard, rule, threads=THREADS)
+
+    return verify_fidelity(
+        runner,
+        cases.realistic,
+        cases.realistic_expected,
+        model=model,
+        batches=cases.batches,
+        guarded=guarded,
+    )
+
+
+def _served_errors(checked: Verification, figures: list[Fidelity]) -> tuple[float, float, str]:
+    """The variant's largest errors as served: magnitude cases and realistic sets alike."""
+    served = [f for f in figures if f.mode == FidelityMode.SERVED]
+    probs = max(
+        [(checked.max_abs_error_probs, checked.worst_case)]
+        + [(f.max_abs_error_probs, f"{f.case} batch {f.batch}") for f in served]
+    )
+    value = max([checked.max_abs_error_value] + [f.max_abs_error_value for f in served])
+    return probs[0], value, probs[1]
+
+
 def build_variant(
     plan: VariantPlan,
     inputs: BuildInputs,
@@ -118,6 +189,7 @@ def build_variant(
     config: OptimizeConfig,
     cases: _VerifyCases,
 ) -> tuple[VariantRecord, Runner | None]:
+    """Returns the record and the runner as served (int8 behind its guards)."""
     tolerance = config.tolerance_for(plan.precision)
     path = model_dir / f"{plan.name}{plan.suffix}"
     base = VariantRecord(
@@ -127,32 +199,42 @@ def build_variant(
         status=Status.FAILED,
         tolerance=tolerance,
     )
+    model = inputs.reference.spec.name
     start = time.perf_counter()
     try:
         notes, captured = _build_file(plan, inputs, path, config)
         build_s = time.perf_counter() - start
         data = path.read_bytes()
-        runner = open_runner(plan.runtime, data, model=inputs.reference.spec.name, threads=THREADS)
-        checked = verify(runner, cases.inputs, cases.expected, tolerance)
+        runner = open_runner(plan.runtime, data, model=model, threads=THREADS)
+        figures, guard, served = _guarded_fidelity(plan, runner, data, inputs, cases)
+        checked = verify(served, cases.inputs, cases.expected, tolerance)
     except Exception as exc:
         notes = [n for n in getattr(exc, "__notes__", []) if n]
         return dataclasses.replace(base, error=_short_error(exc), notes=notes), None
     inputs.built[plan.name] = path
+    err_probs, err_value, worst = _served_errors(checked, figures)
+    within = err_probs <= tolerance.probs and err_value <= tolerance.value
+    detail = checked.detail or (None if within else f"beyond tolerance as served ({worst})")
+    eligible, why = eligibility(figures, tolerance, checked.within_tolerance, checked.detail)
     record = dataclasses.replace(
         base,
         status=Status.OK,
         file=f"{model_dir.name}/{path.name}",
         sha256=sha256_bytes(data),
         size_bytes=len(data),
-        max_abs_error_probs=checked.max_abs_error_probs,
-        max_abs_error_value=checked.max_abs_error_value,
-        worst_case=checked.worst_case,
-        within_tolerance=checked.within_tolerance,
-        tolerance_detail=checked.detail or None,
+        max_abs_error_probs=err_probs,
+        max_abs_error_value=err_value,
+        worst_case=checked.worst_case if err_probs == checked.max_abs_error_probs else worst,
+        within_tolerance=within,
+        tolerance_detail=detail,
         build_s=round(build_s, 3),
         notes=[*notes, *captured.notes()],
+        fidelity=figures,
+        guard=guard,
+        eligible=eligible,
+        eligibility=why,
     )
-    return record, runner
+    return record, served
 
 
 def _with_measurement(record: VariantRecord, m: Measurement | None) -> VariantRecord:
@@ -163,16 +245,18 @@ def _with_measurement(record: VariantRecord, m: Measurement | None) -> VariantRe
         latency_us=m.latency_us,
         calls_per_s=m.calls_per_s,
         per_sample_us_batch32=m.per_sample_us_batch32,
+        per_sample_us=m.per_sample_us,
     )
 
 
 def _size_ratios(records: list[VariantRecord]) -> dict[str, float]:
-    sizes = {(r.runtime, r.precision): r.size_bytes for r in records if r.size_bytes}
+    """int8 bytes / float32 bytes, per int8 variant, keyed by its family."""
+    sizes = {r.name: r.size_bytes for r in records if r.size_bytes}
     ratios = {}
-    for family, runtime in (("torchscript", "torchscript"), ("onnx", "onnxruntime")):
-        fp32, int8 = sizes.get((runtime, Precision.FP32)), sizes.get((runtime, Precision.INT8))
-        if fp32 and int8:
-            ratios[family] = round(int8 / fp32, 4)
+    for int8, family in INT8_FAMILIES.items():
+        fp32_size, int8_size = sizes.get(REQUIRES[int8]), sizes.get(int8)
+        if fp32_size and int8_size:
+            ratios[family] = round(int8_size / fp32_size, 4)
     return ratios
 
 
@@ -180,32 +264,63 @@ def _built_line(model: str, record: VariantRecord) -> str:
     head = f"{model:<10} {record.name:<17}"
     if record.status == Status.FAILED:
         return f"{head} FAILED   {record.error}"
-    verdict = "ok" if record.within_tolerance else f"OUT OF TOLERANCE: {record.tolerance_detail}"
+    served = [f for f in record.fidelity if f.mode == FidelityMode.SERVED]
+    agreement = min((f.agreement for f in served), default=float("nan"))
+    verdict = "eligible" if record.eligible else (record.eligibility or "not eligible")
     return (
         f"{head} built {record.build_s:.2f}s {record.size_bytes / 1024:7.1f} KiB  "
         f"max err probs {record.max_abs_error_probs:.1e} value {record.max_abs_error_value:.1e}"
-        f"  {verdict}"
+        f"  agreement {agreement:.2%}  {verdict}"
     )
 
 
 def _measured_line(model: str, record: VariantRecord) -> str:
     lat = record.latency_us
     assert lat is not None
+    costs = "  ".join(f"b{size} {us:5.2f}" for size, us in record.per_sample_us.items())
     return (
         f"{model:<10} {record.name:<17} p50 {lat.p50:7.1f}  p99 {lat.p99:7.1f}  "
         f"p99.9 {lat.p99_9:7.1f} us  {record.calls_per_s:9,.0f} calls/s  "
-        f"batch32 {record.per_sample_us_batch32:6.2f} us/sample"
+        f"us/sample {costs}"
     )
+
+
+def realistic_batches(rows: np.ndarray, size: int, count: int = 64) -> list[np.ndarray]:
+    """Up to ``count`` consecutive batches of realistic rows, for timing (slices of a
+    C-contiguous float32 array are C-contiguous float32 too)."""
+    return [rows[i : i + size] for i in range(0, min(len(rows), size * count) - size + 1, size)]
+
+
+def _verify_cases(
+    reference_runner: Runner, spec: ModelSpec, config: OptimizeConfig
+) -> tuple[_VerifyCases, np.ndarray]:
+    """The verification cases, and the calibration set (drawn apart from them)."""
+    inputs = verification_inputs(spec.observation_shape, config.verification_seed)
+    realistic = realistic_sets(
+        spec.observation_shape, config.verification_seed, config.fidelity_rows
+    )
+    calibration = calibration_set(
+        spec.observation_shape, config.verification_seed, config.calibration_rows
+    )
+    return _VerifyCases(
+        inputs=inputs,
+        expected=reference_outputs(reference_runner.run, inputs),
+        realistic=realistic,
+        realistic_expected=reference_outputs(reference_runner.run, realistic),
+        input_range=calibrated_range(calibration),
+        calibration_rows=len(calibration),
+        batches=config.fidelity_batches,
+    ), calibration
 
 
 def optimize_model(name: str, config: OptimizeConfig, progress: Progress) -> ModelRecord:
     reference, source = load_reference(name, config.checkpoints.get(name))
     spec = reference.spec
-    reference_runner = TorchRunner(reference)
-    inputs = verification_inputs(spec.observation_shape, config.verification_seed)
-    cases = _VerifyCases(inputs, reference_outputs(reference_runner.run, inputs))
-    example = torch.from_numpy(inputs["normal_batch64"][:2].copy())
-    build_inputs = BuildInputs(reference, reference.fused(), example, {}, config.onnx_exporter)
+    cases, calibration = _verify_cases(TorchRunner(reference), spec, config)
+    example = torch.from_numpy(cases.inputs["normal_batch64"][:2].copy())
+    build_inputs = BuildInputs(
+        reference, reference.fused(), example, {}, config.onnx_exporter, calibration
+    )
     model_dir = config.out_dir / name
     model_dir.mkdir(parents=True, exist_ok=True)
 
@@ -220,8 +335,11 @@ def optimize_model(name: str, config: OptimizeConfig, progress: Progress) -> Mod
 
     measured = measure(
         runners,
-        inputs["normal_batch1"],  # verification_inputs are float32 and C-contiguous already
-        inputs["batch32"],
+        realistic_batches(cases.realistic["normal"], 1),
+        {
+            size: realistic_batches(cases.realistic["normal"], size)
+            for size in config.measured_batches
+        },
         calls=config.calls,
         calls_batch32=config.calls_batch32,
         warmup_calls=config.warmup_calls,
@@ -232,7 +350,12 @@ def optimize_model(name: str, config: OptimizeConfig, progress: Progress) -> Mod
         if record.latency_us is not None:
             progress(_measured_line(name, record))
     selected, reason = select_variant(final)
+    batch_variant, batch_min_rows, batch_reason = select_batch_variant(final, selected)
+    if batch_variant is not None and not config.int8_batches:
+        batch_variant = batch_min_rows = None
+        batch_reason = f"not enabled (--int8-batches), measured: {batch_reason}"
     progress(f"{name:<10} selected {selected}: {reason}")
+    progress(f"{name:<10} batches: {batch_reason}")
     return ModelRecord(
         name=name,
         observation_shape=list(spec.observation_shape),
@@ -247,6 +370,9 @@ def optimize_model(name: str, config: OptimizeConfig, progress: Progress) -> Mod
             if r.status == Status.FAILED
         ],
         int8_to_fp32_size_ratio=_size_ratios(final),
+        batch_variant=batch_variant,
+        batch_min_rows=batch_min_rows,
+        batch_selection_reason=batch_reason,
     )
 
 
@@ -261,6 +387,12 @@ def _settings(config: OptimizeConfig) -> MeasurementSettings:
         tolerance_int8=config.tolerance_int8,
         verification_seed=config.verification_seed,
         onnx_exporter=config.onnx_exporter,
+        fidelity_rows=config.fidelity_rows,
+        fidelity_batch=config.fidelity_batch,
+        calibration_rows=config.calibration_rows,
+        calibration_seed=config.verification_seed,
+        measured_batches=list(config.measured_batches),
+        int8_batches=config.int8_batches,
     )
 
 

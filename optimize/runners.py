@@ -51,8 +51,7 @@ class OrtRunner:
         self._feed_name = OBSERVATION_INPUT
         self._outputs = list(OUTPUT_NAMES)
         self._options = ort.RunOptions()
-        binding = getattr(session, "_sess", None)
-        self._run = binding.run if binding is not None and hasattr(binding, "run") else session.run
+        self._run = direct_run(session)
 
     def run(self, observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, value = self._run(self._outputs, {self._feed_name: observations}, self._options)
@@ -77,6 +76,21 @@ class TorchRunner:
         return probs.numpy(), value.numpy()
 
 
+def direct_run(session: Any) -> Any:
+    """The binding's ``run`` (names checked once by the caller), or the public one when a
+    future onnxruntime drops the private ``_sess`` attribute."""
+    binding = getattr(session, "_sess", None)
+    return binding.run if binding is not None and hasattr(binding, "run") else session.run
+
+
+def open_session(data: bytes, *, threads: int) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        data, ort_session_options(threads), providers=["CPUExecutionProvider"]
+    )
+
+
 def ort_session_options(threads: int) -> Any:
     """How every worker runs ONNX: ``threads`` intra-op threads, one inter-op, sequential."""
     import onnxruntime as ort
@@ -91,12 +105,7 @@ def ort_session_options(threads: int) -> Any:
 
 
 def open_onnx(data: bytes, *, threads: int) -> OrtRunner:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(
-        data, ort_session_options(threads), providers=["CPUExecutionProvider"]
-    )
-    return OrtRunner(session)
+    return OrtRunner(open_session(data, threads=threads))
 
 
 def _pin_torch_threads(threads: int) -> None:

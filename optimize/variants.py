@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models import FusedPolicy, PolicySystem, save_checkpoint
 from optimize.config import OnnxExporter
 from optimize.manifest import Precision, Runtime, VariantName
+from optimize.quantize import quantize_onnx_dynamic, quantize_onnx_static
 from optimize.runners import OBSERVATION_INPUT, OUTPUT_NAMES
 
 
@@ -111,14 +113,6 @@ def export_onnx(
     return [*notes, "exported by torch.onnx (legacy, TorchScript-based)"]
 
 
-def quantize_onnx(source: Path, path: Path) -> list[str]:
-    """ONNX Runtime dynamic quantization: int8 weights, uint8 activations quantized per call."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8)
-    return ["onnxruntime.quantization.quantize_dynamic, QInt8 weights, per tensor"]
-
-
 @dataclass(frozen=True)
 class BuildInputs:
     reference: PolicySystem
@@ -126,6 +120,7 @@ class BuildInputs:
     example: torch.Tensor  # batch of 2: a batch of 1 would let exporters fix the batch size
     built: dict[VariantName, Path]  # artifacts written so far, for variants built on them
     onnx_exporter: OnnxExporter
+    calibration: np.ndarray  # realistic observations for static int8, none of them verified
 
 
 @dataclass(frozen=True)
@@ -137,10 +132,10 @@ class VariantPlan:
     build: Callable[[BuildInputs, Path], list[str]]
 
 
-def _onnx_source(inputs: BuildInputs) -> Path:
+def _onnx_source(inputs: BuildInputs, variant: VariantName) -> Path:
     source = inputs.built.get(VariantName.ONNX_FP32)
     if source is None:
-        raise RuntimeError("onnx_int8 is quantized from onnx_fp32, which was not built")
+        raise RuntimeError(f"{variant} is quantized from onnx_fp32, which was not built")
     return source
 
 
@@ -180,7 +175,16 @@ PLANS: dict[VariantName, VariantPlan] = {
             Runtime.ONNXRUNTIME,
             Precision.INT8,
             ".onnx",
-            lambda i, p: quantize_onnx(_onnx_source(i), p),
+            lambda i, p: quantize_onnx_dynamic(_onnx_source(i, VariantName.ONNX_INT8), p),
+        ),
+        VariantPlan(
+            VariantName.ONNX_INT8_STATIC,
+            Runtime.ONNXRUNTIME,
+            Precision.INT8,
+            ".onnx",
+            lambda i, p: quantize_onnx_static(
+                _onnx_source(i, VariantName.ONNX_INT8_STATIC), p, i.calibration
+            ),
         ),
     )
 }

@@ -10,8 +10,9 @@ import uvicorn
 
 from optimize.loader import ManifestError, verify_artifacts
 from server.app import create_app
+from server.auth import ApiKeys, startup_warnings
 from server.config import ConfigError, ServerConfig, load_config
-from server.fastlane import fast_lane_protocol
+from server.fastlane import http_protocol
 
 
 def ensure_artifacts(config: ServerConfig) -> None:
@@ -33,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:  # the key file is read here first, so that a bad one stops the start at once
+        keys = ApiKeys.from_config(config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    for warning in startup_warnings(config, keys, sys.argv[1:] if argv is None else argv):
+        logging.getLogger("server").warning(warning)
     try:
         ensure_artifacts(config)
     except subprocess.CalledProcessError as exc:
@@ -49,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         host=config.host,
         port=config.port,
         loop="uvloop",
-        http=fast_lane_protocol(app.runtime) if config.fast_lane else "httptools",
+        http=http_protocol(app.runtime) if config.fast_lane else "httptools",
         proxy_headers=False,
         lifespan="on",
         access_log=False,

@@ -1,5 +1,6 @@
-"""Routes and lifespan. ``POST /infer`` is a raw ASGI route in front of FastAPI (the hot
-path skips routing, pydantic and response classes); every other endpoint is FastAPI."""
+"""Routes and lifespan. The inference routes (``routes.py``) are raw ASGI in front of
+FastAPI (the hot path skips routing, pydantic and response classes); every other endpoint
+is FastAPI."""
 
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitoring import PROMETHEUS_CONTENT_TYPE
+from server.asgi_route import asgi_post, send_answer
+from server.codecs.base import JSON, retry_headers
+from server.codecs.oip_rest import error_body as oip_error_body
 from server.config import ServerConfig
 from server.errors import ApiError, NoHealthyWorker, error_body
-from server.infer import RequestHead, asgi_infer, send_error
+from server.oip_routes import add_oip_routes, oip_error
 from server.pool import MODEL_NAMES
 from server.runtime import ReloadRefused, Runtime
+from server.served_metrics import breaker_alerts, breaker_metrics, int8_metrics, int8_stats
 
 log = logging.getLogger("server")
 
@@ -58,8 +63,30 @@ def _model_info(runtime: Runtime) -> dict[str, Any]:
             "fallbacks": [{"variant": f.variant, "error": f.error} for f in entry.fallbacks],
             "observation_shape": entry.observation_shape,
             "agents": entry.agents,
+            "agreement": variant.agreement_summary(),
+            "batches": _batch_info(entry),
         }
     return out
+
+
+def _batch_info(entry: Any) -> dict[str, Any] | None:
+    """The int8 variant serving batches (behind its guards), if the optimizer planned one."""
+    if entry.batch_variant is None:
+        return None
+    variant = entry.variant(entry.batch_variant)
+    return {
+        "variant": variant.name,
+        "from_rows": entry.batch_min_rows,
+        "precision": variant.precision,
+        "sha256": variant.sha256,
+        "size_bytes": variant.size_bytes,
+        "max_abs_error": {
+            "probs": variant.max_abs_error_probs,
+            "value": variant.max_abs_error_value,
+        },
+        "agreement": variant.agreement_summary(),
+        "selection_reason": entry.batch_selection_reason,
+    }
 
 
 def _lifespan(runtime: Runtime):
@@ -90,15 +117,20 @@ def build_api(runtime: Runtime) -> FastAPI:
     )
 
     @api.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/v2"):
+            return oip_error(exc.status_code, f"{exc.detail}: {request.url.path}")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
     @api.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/v2"):
+            return oip_error(400, str(exc.errors()))
         return _error(422, "invalid_request", str(exc.errors()))
 
     _add_operations(api, runtime)
+    add_oip_routes(api, runtime)
     return api
 
 
@@ -134,27 +166,43 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
             "coalesced": cache.coalesced,
             "hit_rate": cache.hit_rate,
         }
+        if runtime.core is not None:
+            data["circuit_breakers"] = {
+                name: b.snapshot()
+                for name, b in zip(MODEL_NAMES, runtime.core.breakers, strict=True)
+            }
+            data["int8"] = int8_stats(MODEL_NAMES, runtime.core.pool.int8_counts)
         return JSONResponse(data)
 
     @api.api_route("/alerts", methods=["GET", "HEAD"])
     async def alerts() -> Response:
         if runtime.monitor is None:
             return _starting()
-        return JSONResponse(runtime.monitor.alerts())
+        data = runtime.monitor.alerts()
+        if runtime.core is not None:
+            data["firing"] += breaker_alerts(MODEL_NAMES, runtime.core.breakers)
+        return JSONResponse(data)
 
     @api.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics() -> Response:
         if runtime.monitor is None:
             return _starting()
         body = runtime.monitor.prometheus_text(runtime.workers())
+        if runtime.core is not None:
+            body += breaker_metrics(MODEL_NAMES, runtime.core.breakers)
+            body += int8_metrics(MODEL_NAMES, runtime.core.pool.int8_counts)
         return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
 
     @api.post("/admin/reload")
     async def reload(request: Request) -> Response:
         if runtime.core is None:
             return _starting()
+        key = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if key is None and bearer[:7].lower() == "bearer ":
+            key = bearer[7:]
         try:
-            runtime.core.check_api_key(RequestHead(request.scope["headers"], None))
+            runtime.core.check_admin_key(key.encode() if key is not None else None)
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
         try:
@@ -173,20 +221,25 @@ async def _reload_logged(runtime: Runtime) -> None:
 
 
 class ServerApp:
-    """The ASGI entry: ``POST /infer`` straight to the hot-path handler, the rest to FastAPI."""
+    """The ASGI entry: the inference routes straight to their codecs, the rest to FastAPI."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.runtime = Runtime(config)
         self.api = build_api(self.runtime)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == "/infer":
-            core = self.runtime.core
-            if core is None:
-                await send_error(send, NoHealthyWorker("the server is still starting"))
+        if scope["type"] == "http":
+            routes = self.runtime.routes
+            path = scope.get("raw_path") or scope["path"].encode()
+            endpoint = routes.match(path) if routes is not None else None
+            if endpoint is not None:
+                await asgi_post(endpoint, scope, receive, send)
                 return
-            await asgi_infer(core, scope, receive, send)
-            return
+            if routes is None and scope["method"] == "POST":
+                error = NoHealthyWorker("the server is still starting")
+                body = error.body() if path == b"/infer" else oip_error_body(error.message)
+                await send_answer(send, error.status, JSON, body, retry_headers(error))
+                return
         await self.api(scope, receive, send)
 
 

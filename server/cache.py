@@ -1,8 +1,9 @@
-"""The response cache: TTL + LRU over per-row results, plus in-flight de-duplication.
+"""The output cache: TTL + LRU over per-row outputs, plus in-flight de-duplication.
 
-A key is the response prefix followed by a digest of the observation's float32 bytes, as
-one ``bytes``. The prefix names the model and the served version, so a reload never serves
-an old version's entry, and ``0.1`` and ``0.10`` (the same float32) share one entry.
+A key is one ``bytes``: the model index, the served version, and a digest of the
+observation's float32 bytes. So a reload never serves an old version's entry, ``0.1`` and
+``0.10`` (the same float32) share one entry, and a row computed for one protocol is a hit
+for every other: the cache holds outputs (``server.outputs``), never a wire format.
 
 Everything the cache keeps is ``bytes`` or ``float``, objects the cyclic garbage collector
 does not track. Two measured failures led here:
@@ -33,7 +34,12 @@ def observation_digest(row: bytes) -> bytes:
     return hashlib.blake2b(row, digest_size=DIGEST_BYTES).digest()
 
 
+def key_prefix(model_idx: int, version: str) -> bytes:
+    return bytes((model_idx,)) + version.encode() + b"\0"
+
+
 def cache_key(prefix: bytes, row: bytes) -> CacheKey:
+    """``prefix``: ``key_prefix`` of the model and the version now serving."""
     return prefix + observation_digest(row)
 
 
@@ -96,7 +102,7 @@ class ResponseCache:
         self.coalesced = 0
 
     def get(self, key: CacheKey) -> bytes | None:
-        """The row's JSON fragment, if cached."""
+        """The row's outputs, if cached."""
         store = self._store
         if store is None:
             return None
@@ -107,9 +113,9 @@ class ResponseCache:
             self.hits += 1
         return value
 
-    def put(self, key: CacheKey, fragment: bytes) -> None:
+    def put(self, key: CacheKey, outputs: bytes) -> None:
         if self._store is not None:
-            self._store[key] = fragment
+            self._store[key] = outputs
 
     def joining(self, key: CacheKey) -> asyncio.Future | None:
         """The future of an identical request already being computed, if any."""
@@ -124,13 +130,14 @@ class ResponseCache:
         if self._store is None:
             return
         self._in_flight[key] = fut
+        model_idx = key[0]
         digest = key[-DIGEST_BYTES:]
 
         def done(f: asyncio.Future) -> None:
             self._in_flight.pop(key, None)
             if not f.cancelled() and f.exception() is None:
-                fragment, prefix, _ = f.result()
-                self._store[prefix + digest] = fragment  # type: ignore[index]
+                outputs, version, _ = f.result()
+                self._store[key_prefix(model_idx, version) + digest] = outputs  # type: ignore[index]
 
         fut.add_done_callback(done)
 

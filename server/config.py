@@ -31,6 +31,7 @@ class ConfigError(ValueError):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int | None = None
     artifacts_dir: Path = Path("artifacts")
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     balancer: BalancerStrategy = BalancerStrategy.LEAST_LOADED
@@ -41,6 +42,9 @@ class ServerConfig:
     max_request_batch: int = 256
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout_s: float = 2.0
+    latency_budget_ms: float = 5.0
+    breaker_failures: int = 5
+    breaker_open_s: float = 5.0
     max_inflight_per_worker: int = 512
     worker_threads: int = 1
     inline_when_idle: bool = True
@@ -49,7 +53,12 @@ class ServerConfig:
     warmup_calls: int = 200
     worker_start_timeout_s: float = 60.0
     shutdown_grace_s: float = 10.0
-    api_key: str | None = None
+    # Secrets: left out of repr, blanked by to_json_dict (never handed to workers or logged);
+    # server/auth.py turns them into digests once at start-up.
+    api_key: str | None = field(default=None, repr=False)
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_key_file: Path | None = None
+    admin_api_key: str | None = field(default=None, repr=False)
     rate_limit_rps: float = 0.0
     rate_limit_burst: int = 100
     agent_weights: tuple[tuple[str, tuple[float, ...]], ...] = ()
@@ -66,17 +75,22 @@ class ServerConfig:
     def weights_for(self, model: str) -> tuple[float, ...] | None:
         return dict(self.agent_weights).get(model)
 
-    @property
-    def cache_enabled(self) -> bool:
-        return self.cache_size > 0 and self.cache_ttl_s > 0
-
     def to_json_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for key, value in data.items():
             if isinstance(value, Path):
                 data[key] = str(value)
-        data["api_key"] = None  # never handed to workers or printed
+        data.update(_BLANK_SECRETS)  # never handed to workers or printed
         return data
+
+
+#: the fields holding API keys (or naming where they are), blanked by to_json_dict
+_BLANK_SECRETS: dict[str, Any] = {
+    "api_key": None,
+    "api_keys": (),
+    "api_key_file": None,
+    "admin_api_key": None,
+}
 
 
 def _check(condition: bool, message: str) -> None:
@@ -86,6 +100,11 @@ def _check(condition: bool, message: str) -> None:
 
 def _validate(c: ServerConfig) -> None:
     _check(0 <= c.port <= 65535, f"port {c.port} is out of range; write a port from 0 to 65535")
+    _check(
+        c.grpc_port is None or 0 <= c.grpc_port <= 65535,
+        f"grpc_port {c.grpc_port} is out of range; write a port from 0 to 65535, or leave it "
+        "out to serve no gRPC",
+    )
     _check(1 <= c.workers <= 64, f"workers={c.workers}; write a count from 1 to 64")
     _check(c.cache_size >= 0, f"cache_size={c.cache_size}; write 0 to turn the cache off")
     _check(c.cache_ttl_s >= 0, f"cache_ttl_s={c.cache_ttl_s}; write a TTL in seconds >= 0")
@@ -100,6 +119,15 @@ def _validate(c: ServerConfig) -> None:
     _check(c.max_request_batch >= 1, "max_request_batch must be at least 1")
     _check(c.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
     _check(c.request_timeout_s > 0, "request_timeout_s must be > 0, e.g. 2.0")
+    _check(
+        0 <= c.latency_budget_ms <= 60_000,
+        f"latency_budget_ms={c.latency_budget_ms}; write milliseconds, e.g. 5 (0 admits all)",
+    )
+    _check(
+        c.breaker_failures >= 0,
+        f"breaker_failures={c.breaker_failures}; write a count, e.g. 5 (0: no circuit breaker)",
+    )
+    _check(c.breaker_open_s > 0, f"breaker_open_s={c.breaker_open_s}; write seconds, e.g. 5")
     _check(
         c.max_inflight_per_worker >= c.max_batch_size,
         f"max_inflight_per_worker={c.max_inflight_per_worker} is below max_batch_size="
@@ -147,6 +175,11 @@ def _parse_weights(text: str) -> tuple[tuple[str, tuple[float, ...]], ...]:
     return tuple(out)
 
 
+def _parse_keys(text: str) -> tuple[str, ...]:
+    """``KEY1,KEY2``: several client API keys."""
+    return tuple(filter(None, (key.strip() for key in text.split(","))))
+
+
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off"}
 
@@ -165,10 +198,14 @@ def _converter(name: str, default: Any) -> Any:
         return _parse_weights
     if name == "balancer":
         return BalancerStrategy
-    if name in {"artifacts_dir", "history_dir"}:
+    if name in {"artifacts_dir", "history_dir", "api_key_file"}:
         return Path
-    if name in {"api_key", "alert_webhook_url"}:
+    if name in {"api_key", "admin_api_key", "alert_webhook_url"}:
         return str
+    if name == "grpc_port":
+        return int
+    if name == "api_keys":
+        return _parse_keys
     if isinstance(default, bool):
         return _parse_bool
     if isinstance(default, int):
@@ -250,4 +287,5 @@ def config_from_json_dict(data: Mapping[str, Any]) -> ServerConfig:
         values["history_dir"] = Path(values["history_dir"])
     values["balancer"] = BalancerStrategy(values["balancer"])
     values["agent_weights"] = tuple((m, tuple(w)) for m, w in values["agent_weights"])
+    values["api_keys"] = tuple(values.get("api_keys", ()))
     return ServerConfig(**values)

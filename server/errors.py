@@ -58,6 +58,11 @@ class InvalidObservation(ApiError):
     code = "invalid_observation"
 
 
+class NonFiniteOutput(ApiError):
+    status = 422
+    code = "non_finite_output"
+
+
 class RateLimited(ApiError):
     status = 429
     code = "rate_limited"
@@ -76,6 +81,16 @@ class NoHealthyWorker(ApiError):
     retry_after_s = 2
 
 
+class CircuitOpen(ApiError):
+    status = 503
+    code = "circuit_open"
+    retry_after_s = 1
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class WorkerLost(ApiError):
     status = 503
     code = "worker_lost"
@@ -91,6 +106,11 @@ class ShuttingDown(ApiError):
 class InferenceTimeout(ApiError):
     status = 504
     code = "inference_timeout"
+
+
+class InternalError(ApiError):
+    status = 500
+    code = "internal_error"
 
 
 class WorkerFailed(ApiError):

@@ -1,26 +1,43 @@
-"""The fast lane: uvicorn's httptools protocol, taking ``POST /infer`` itself.
+"""The fast lane: uvicorn's httptools protocol, taking the inference routes itself.
 
 uvicorn turns every request into a scope, a task, an event and several ASGI messages;
 for a model that answers in 8 us that machinery costs more than the model. This protocol
-subclass takes ``POST /infer`` when the connection is idle, hands it straight to the
-inference core and writes the response bytes itself. Every other request, and an
-``/infer`` pipelined behind another request, goes through uvicorn and FastAPI unchanged.
+subclass takes a ``POST`` that the route table (``routes.py``) gives to a codec when the
+connection is idle, hands it straight to that codec and writes the response bytes itself.
+Every other request, and one pipelined behind another request, goes through uvicorn and
+the ASGI app unchanged.
 """
 
 from __future__ import annotations
 
 import functools
-import time
+import inspect
+import logging
 from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from server.errors import ApiError
-from server.infer import InferCore, RequestHead, Respond
+from server.codecs.base import Endpoint, Headers, Respond
+from server.errors import ApiError, InternalError, error_body
+from server.head import RequestHead
+
+log = logging.getLogger("server")
+# What the fast lane overrides or reads of uvicorn's protocol (uvicorn internals: the
+# version range in pyproject.toml is the one tested; start-up checks these are still there)
+_METHODS = (
+    "on_message_begin",
+    "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+    "on_response_complete",
+    "shutdown",
+    "send_400_response",
+)
+_STATE = ("cycle", "url", "headers", "expect_100_continue", "parser", "transport", "client")
+_STATE += ("server_state", "loop")
 
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-_JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
 # On shutdown an idle keep-alive connection stays open this long, so that a request the
 # client already sent is answered (with ``connection: close``) instead of reset.
 _DRAIN_GRACE_S = 0.25
@@ -48,8 +65,9 @@ class FastCycle:
 
 
 class FastLaneProtocol(HttpToolsProtocol):
-    core_ref: Any = None  # set by fast_lane_protocol(); its .core is the InferCore
+    runtime: Any = None  # set by fast_lane_protocol(); its .routes once the server serves
     _fast: FastCycle | None = None
+    _endpoint: Endpoint | None = None
     _body: list[bytes] | None = None
     _body_size = 0
     _early_error: ApiError | None = None
@@ -62,23 +80,26 @@ class FastLaneProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
-        core: InferCore | None = self.core_ref.core
+        routes = self.runtime.routes
         idle = self.cycle is None or self.cycle.response_complete
+        endpoint = None
         if (
-            core is None
-            or not idle
-            or self.url != b"/infer"
-            or self.parser.get_method() != b"POST"
-            or self.parser.should_upgrade()
+            routes is not None
+            and idle
+            and self.parser.get_method() == b"POST"
+            and not self.parser.should_upgrade()
         ):
+            endpoint = routes.match(self.url)
+        if endpoint is None:
             super().on_headers_complete()
             if self._draining and self.cycle is not None:
                 self.cycle.keep_alive = False
             return
-        self._head = head = RequestHead(self.headers, self.client)
+        self._endpoint = endpoint
+        self._head = head = RequestHead(self.headers, self.client, self.url)
         self._early_error = None
         try:
-            core.check_head(head)
+            endpoint.check_head(head)
         except ApiError as error:
             self._early_error = error
         self._body = []
@@ -98,7 +119,7 @@ class FastLaneProtocol(HttpToolsProtocol):
                 self._fast.keep_alive = False
                 error, self._early_error = self._early_error, None
                 self._body = None
-                core.fail(error, time.perf_counter_ns(), "", self._responder(self._fast))
+                endpoint.refuse(error, self._responder(self._fast))
 
     def on_body(self, body: bytes) -> None:
         chunks = self._body
@@ -106,8 +127,9 @@ class FastLaneProtocol(HttpToolsProtocol):
             return super().on_body(body)
         if self._early_error is None:
             self._body_size += len(body)
-            if self._body_size > self.core_ref.core.max_body:
-                self._early_error = self.core_ref.core.too_large()
+            core = self.runtime.core
+            if self._body_size > core.max_body:
+                self._early_error = core.too_large()
                 chunks.clear()
             else:
                 chunks.append(body)
@@ -117,27 +139,37 @@ class FastLaneProtocol(HttpToolsProtocol):
         if chunks is None:
             return super().on_message_complete()
         self._body = None
-        core: InferCore = self.core_ref.core
-        cycle = self._fast
-        respond = self._responder(cycle)
+        endpoint = self._endpoint
+        respond = self._responder(self._fast)
         if self._early_error is not None:
-            core.fail(self._early_error, time.perf_counter_ns(), "", respond)
+            endpoint.refuse(self._early_error, respond)
             return
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        core.handle(self._head, body, respond)
+        try:
+            endpoint.handle(self._head, body, respond)
+        except Exception:  # a bug, never the client's doing: answer, do not drop it
+            log.exception("handling POST %s failed", self.url.decode("latin-1"))
+            if not self._fast.response_complete:
+                endpoint.refuse(InternalError("the server failed on this request"), respond)
 
     def _responder(self, cycle: FastCycle) -> Respond:
         return functools.partial(self._write, cycle)
 
-    def _write(self, cycle: FastCycle, status: int, body: bytes, retry_after: int | None) -> None:
+    def _write(
+        self, cycle: FastCycle, status: int, content_type: bytes, body: bytes, headers: Headers
+    ) -> None:
+        if cycle.response_complete:
+            return  # answered already: a second answer would corrupt the connection
         cycle.response_complete = True
         transport = self.transport
         if transport.is_closing() or cycle.disconnected:
             return
-        parts = [_STATUS[status], _JSON_HEAD, str(len(body)).encode(), b"\r\n"]
+        parts = [_STATUS[status], b"content-type: ", content_type, b"\r\ncontent-length: "]
+        parts.append(str(len(body)).encode())
+        parts.append(b"\r\n")
         parts.append(self._default_headers())
-        if retry_after is not None:
-            parts.append(b"retry-after: %d\r\n" % retry_after)
+        for name, value in headers:
+            parts.append(name + b": " + value + b"\r\n")
         if not cycle.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
@@ -147,6 +179,17 @@ class FastLaneProtocol(HttpToolsProtocol):
             transport.close()
             return
         self.on_response_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """The HTTP layer's own refusal (a garbage request line, a bad chunk size), in the
+        contract's JSON error shape instead of uvicorn's plain text."""
+        body = error_body("bad_http_request", f"{msg} Send a well-formed HTTP/1.1 request.")
+        parts = [_STATUS[400], self._default_headers()]
+        parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        parts.append(b"connection: close\r\n\r\n")
+        parts.append(body)
+        self.transport.write(b"".join(parts))
+        self.transport.close()
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: finish what is in flight, close after it."""
@@ -171,7 +214,31 @@ class FastLaneProtocol(HttpToolsProtocol):
         return rendered
 
 
-def fast_lane_protocol(core_ref: Any) -> type[HttpToolsProtocol]:
-    """The protocol class for uvicorn's ``http=``, bound to ``core_ref`` (an object whose
-    ``.core`` is the ``InferCore`` once the server has started)."""
-    return type("BoundFastLaneProtocol", (FastLaneProtocol,), {"core_ref": core_ref})
+def missing_hooks(base: type = HttpToolsProtocol) -> list[str]:
+    """What the fast lane needs of uvicorn's protocol and ``base`` lacks."""
+    missing = [name for name in _METHODS if not callable(getattr(base, name, None))]
+    try:
+        source = inspect.getsource(base)
+    except (OSError, TypeError):
+        return [*missing, "source"]
+    return missing + [name for name in _STATE if f"self.{name}" not in source]
+
+
+def http_protocol(runtime: Any, *, base: type = HttpToolsProtocol) -> type | str:
+    """uvicorn's ``http=``: the fast lane, or plain httptools (every request through ASGI,
+    same answers, slower) when this uvicorn lacks what the fast lane hooks into."""
+    missing = missing_hooks(base)
+    if missing:
+        log.warning(
+            "fast lane off: this uvicorn's httptools protocol lacks %s; serving every request "
+            "through ASGI (install a uvicorn within the range pyproject.toml names)",
+            ", ".join(missing),
+        )
+        return "httptools"
+    return fast_lane_protocol(runtime)
+
+
+def fast_lane_protocol(runtime: Any) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http=``, bound to ``runtime`` (whose ``.routes``
+    and ``.core`` are set once the server has started)."""
+    return type("BoundFastLaneProtocol", (FastLaneProtocol,), {"runtime": runtime})

@@ -1,26 +1,21 @@
-"""The inference worker pool: spawning, health, dispatch, crash recovery, reload, shutdown.
+"""The inference worker pool: health, dispatch, crash recovery, reload, shutdown.
 
-Workers are processes reached over one SEQPACKET socket each, read by the front's event
-loop (``add_reader``), so a reply costs one ``recv`` and no thread hop. A worker's death is
-seen at once as EOF on its socket; its batches are retried once elsewhere, and a
-replacement is started and warmed while the others serve.
+Each worker is reached through a ``WorkerLink`` (``worker_link.py``: the real one is a
+process on a SEQPACKET socket read by the front's event loop). A worker's death is seen at
+once as the end of its link; its batches are retried once elsewhere, and a replacement is
+started and warmed while the others serve.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import itertools
 import logging
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 
@@ -28,22 +23,25 @@ from models.spec import SPECS
 from monitoring import WorkerSnapshot
 from server import protocol
 from server.balancer import Balancer, make_balancer
+from server.cache import key_prefix
 from server.config import ServerConfig
 from server.errors import (
     ApiError,
     InferenceTimeout,
     NoHealthyWorker,
+    NonFiniteOutput,
     Overloaded,
     ShuttingDown,
     WorkerFailed,
     WorkerLost,
 )
+from server.outputs import ROW_BYTES
+from server.worker_link import Launch, ProcessLink, WorkerLink
 
 log = logging.getLogger("server.pool")
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(SPECS))
 MODEL_INDEX: dict[str, int] = {name: i for i, name in enumerate(MODEL_NAMES)}
-_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 class WorkerState(enum.StrEnum):
@@ -71,28 +69,31 @@ class Pending:
 @dataclass(slots=True, eq=False)
 class WorkerHandle:
     slot: int
-    process: subprocess.Popen
-    sock: object
+    link: WorkerLink
     state: WorkerState = WorkerState.STARTING
     in_flight: int = 0
     served: int = 0
     restarts: int = 0
     versions: dict[str, str] = field(default_factory=dict)
-    prefixes: tuple[bytes, ...] = ()
+    model_versions: tuple[str, ...] = ()  # by model index
     pending: dict[int, Pending] = field(default_factory=dict)
     ready: asyncio.Future | None = None
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.link.pid
 
 
-# result of one row: (JSON fragment, response prefix naming model and version, inference ns)
-RowResult = tuple[bytes, bytes, int]
+# result of one row: (outputs, the version that computed them, inference ns)
+RowResult = tuple[bytes, str, int]
 
 
-def response_prefix(model: str, version: str) -> bytes:
-    return b'{"model":' + orjson.dumps(model) + b',"version":' + orjson.dumps(version) + b","
+def non_finite(model_idx: int) -> NonFiniteOutput:
+    return NonFiniteOutput(
+        f"{MODEL_NAMES[model_idx]} cannot compute finite outputs for this observation (the "
+        "model overflows on values of this magnitude); send z-scored or otherwise "
+        "normalised features"
+    )
 
 
 class WorkerPool:
@@ -103,14 +104,23 @@ class WorkerPool:
         balancer: Balancer | None = None,
         on_batch: Callable[[str, int, float, int], None] | None = None,
         on_worker_event: Callable[[str, int], None] | None = None,
+        launch: Launch = ProcessLink,
+        load_models: Callable[[ServerConfig], list] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``launch`` starts a worker, ``load_models`` loads the front's own copy (default:
+        ``server.worker.load_endpoints``), ``sleep`` waits between replacement attempts."""
         self.config = config
+        self._launch = launch
+        self._load_models = load_models
+        self._sleep = sleep
         self.balancer = balancer or make_balancer(config.balancer)
         self.active: list[WorkerHandle] = []
         self.draining: list[WorkerHandle] = []
         self.versions: dict[str, str] = {}
-        # response prefixes ('{"model":..,"version":..,') of the generation now serving
-        self.prefixes: tuple[bytes, ...] = ()
+        # of the generation now serving, by model index: its versions and cache key prefixes
+        self.model_versions: tuple[str, ...] = ()
+        self.key_prefixes: tuple[bytes, ...] = ()
         self.inline: list | None = None
         self._pid = os.getpid()
         self._ids = itertools.count(1)
@@ -122,6 +132,12 @@ class WorkerPool:
             config.to_json_dict()
         )
         self._timeout_s = config.request_timeout_s
+        self._inline_when_idle = config.inline_when_idle
+        # per model: rows run on int8, rows its range and margin guards sent to float32
+        self.int8_counts = [[0, 0, 0] for _ in MODEL_NAMES]
+        # worker-measured time of one batch (EWMA): with each worker's queue of batches, what
+        # a new row waits before it starts
+        self.batch_ns = 50_000.0
         self._limit = config.max_inflight_per_worker
         self._background: set[asyncio.Task] = set()
 
@@ -136,19 +152,21 @@ class WorkerPool:
         inline = await self._load_inline(versions)
         self.active = fresh
         self.versions = versions
-        self.prefixes = fresh[0].prefixes
+        self.model_versions = fresh[0].model_versions
+        self.key_prefixes = tuple(key_prefix(i, v) for i, v in enumerate(fresh[0].model_versions))
         self.inline = inline
 
     async def _load_inline(self, versions: dict[str, str]) -> list | None:
-        """The front's own copy of the models, for a lone request while every worker is idle:
-        at low load the hop to a worker (two wake-ups, cold caches) costs several times the
-        model itself."""
-        if not self.config.inline_when_idle:
-            return None
-        from server.worker import load_endpoints
+        """The front's own copy of the models: for a lone request while every worker is idle
+        (at low load the hop to a worker, two wake-ups and cold caches, costs several times
+        the model itself), and for every request while no worker is ready (a crash, until
+        its replacement has warmed up)."""
+        load = self._load_models
+        if load is None:
+            from server.worker import load_endpoints as load
 
         loop = asyncio.get_running_loop()
-        endpoints = await loop.run_in_executor(None, load_endpoints, self.config)
+        endpoints = await loop.run_in_executor(None, load, self.config)
         loaded = {ep.spec.name: ep.served.version for ep in endpoints}
         if loaded != versions:
             log.warning("front loaded %s but workers serve %s; inline lane off", loaded, versions)
@@ -173,24 +191,19 @@ class WorkerPool:
         return workers
 
     def _spawn(self, slot: int, restarts: int = 0) -> WorkerHandle:
-        front, child = protocol.socket_pair()
-        env = dict(os.environ)
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server.worker", "--fd", str(child.fileno())],
-            pass_fds=(child.fileno(),),
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        child.close()
-        front.setblocking(False)
-        loop = asyncio.get_running_loop()
-        handle = WorkerHandle(slot=slot, process=process, sock=front, restarts=restarts)
-        handle.ready = loop.create_future()
-        loop.add_reader(front.fileno(), self._on_readable, handle)
-        front.send(self._config_frame)
-        self._on_worker_event("started", process.pid)
+        handle: WorkerHandle | None = None
+
+        def on_frame(frame: bytes) -> None:
+            self._on_frame(handle, frame)  # type: ignore[arg-type]
+
+        def on_lost() -> None:
+            self._on_worker_lost(handle)  # type: ignore[arg-type]
+
+        link = self._launch(on_frame, on_lost)
+        handle = WorkerHandle(slot=slot, link=link, restarts=restarts)
+        handle.ready = asyncio.get_running_loop().create_future()
+        link.send(self._config_frame)
+        self._on_worker_event("started", link.pid)
         return handle
 
     async def _await_ready(self, worker: WorkerHandle) -> None:
@@ -226,9 +239,8 @@ class WorkerPool:
         self._dispatch(Pending(req_id, model_idx, rows, frame, futures), exclude=None)
 
     def idle(self) -> bool:
-        """Every worker ready and without work: the inline lane may take a lone row. It is
-        an accelerator, not a substitute: with no healthy worker requests get 503."""
-        if self.inline is None:
+        """Every worker ready and without work: the inline lane may take a lone row."""
+        if self.inline is None or not self._inline_when_idle:
             return False
         for w in self.active:  # noqa: SIM110 - no generator on the hot path
             if w.in_flight or w.state is not WorkerState.READY:
@@ -240,12 +252,14 @@ class WorkerPool:
         assert self.inline is not None
         start = time.perf_counter_ns()
         try:
-            fragment = self.inline[model_idx].infer(memoryview(bytearray(row)), 1)[0]
+            out, finite = self.inline[model_idx].infer(memoryview(bytearray(row)), 1)
         except Exception as exc:
             raise WorkerFailed(f"inference failed: {type(exc).__name__}: {exc}") from None
         elapsed = time.perf_counter_ns() - start
         self._on_batch(MODEL_NAMES[model_idx], 1, elapsed / 1000.0, self._pid)
-        return fragment, self.prefixes[model_idx], elapsed
+        if not finite[0]:
+            raise non_finite(model_idx)
+        return out.tobytes(), self.model_versions[model_idx], elapsed
 
     def _eligible(self, rows: int, exclude: WorkerHandle | None) -> list[WorkerHandle]:
         limit = self._limit - rows
@@ -259,18 +273,49 @@ class WorkerPool:
         if self._closing:
             return self._fail(pending, ShuttingDown("the server is shutting down; retry later"))
         eligible = self._eligible(pending.rows, exclude)
-        if not eligible:
+        while eligible:
+            worker = self.balancer.choose(eligible)
+            try:
+                worker.link.send(pending.frame)
+                break
+            except BlockingIOError:  # its socket buffer is full: another worker may take it
+                eligible.remove(worker)
+            except OSError:  # it has just died: a broken pipe before its EOF was read
+                eligible.remove(worker)
+                self._on_worker_lost(worker)
+        else:
+            if self.inline is not None and not self.ready():
+                return self._run_in_front(pending)
             return self._fail(pending, self._unavailable_error())
-        worker = self.balancer.choose(eligible)
-        try:
-            worker.sock.send(pending.frame)
-        except (BlockingIOError, OSError):
-            return self._fail(pending, Overloaded("worker queue is full; retry shortly"))
         worker.pending[pending.req_id] = pending
         worker.in_flight += pending.rows
         pending.timer = asyncio.get_running_loop().call_later(
             self._timeout_s, self._expire, worker, pending
         )
+
+    def _run_in_front(self, pending: Pending) -> None:
+        """No worker is ready (they crashed, or are still warming up): the front answers from
+        its own copy rather than refusing. Isolation comes back with the first ready worker."""
+        assert self.inline is not None
+        header = protocol.REQUEST.size
+        endpoint = self.inline[pending.model_idx]
+        start = time.perf_counter_ns()
+        try:
+            out, finite = endpoint.infer(
+                memoryview(bytearray(pending.frame))[header:], pending.rows
+            )
+        except Exception as exc:
+            return self._fail(pending, WorkerFailed(f"inference failed: {type(exc).__name__}"))
+        elapsed = time.perf_counter_ns() - start
+        self._count_int8(pending.model_idx, endpoint.take_counts())
+        frame = bytes(protocol.REPLY.size) + (~finite).view("u1").tobytes() + out.tobytes()
+        self._resolve(pending, frame, self.model_versions[pending.model_idx], elapsed)
+        self._on_batch(MODEL_NAMES[pending.model_idx], pending.rows, elapsed / 1000.0, self._pid)
+
+    def _count_int8(self, model_idx: int, counts: tuple[int, int, int]) -> None:
+        totals = self.int8_counts[model_idx]
+        for i, n in enumerate(counts):
+            totals[i] += n
 
     def _unavailable_error(self) -> ApiError:
         if any(w.state is WorkerState.READY for w in self.active):
@@ -301,22 +346,9 @@ class WorkerPool:
 
     # ---------------------------------------------------------------- replies
 
-    def _on_readable(self, worker: WorkerHandle) -> None:
-        sock = worker.sock
-        while True:
-            try:
-                frame = sock.recv(protocol.MAX_FRAME_BYTES)
-            except BlockingIOError:
-                return
-            except OSError:
-                frame = b""
-            if not frame:
-                self._on_worker_lost(worker)
-                return
-            self._on_frame(worker, frame)
-
     def _on_frame(self, worker: WorkerHandle, frame: bytes) -> None:
-        req_id, kind, rows, elapsed_ns = protocol.REPLY.unpack_from(frame)
+        reply = protocol.REPLY.unpack_from(frame)
+        req_id, kind, rows, elapsed_ns, int8_rows, by_range, by_margin = reply
         if kind == protocol.KIND_READY:
             return self._on_ready(worker, frame)
         pending = worker.pending.pop(req_id, None)
@@ -333,19 +365,31 @@ class WorkerPool:
             self._fail(pending, WorkerFailed(f"inference failed: {message}"))
         else:
             worker.served += pending.rows
-            prefix = worker.prefixes[pending.model_idx]
-            fragments = protocol.unpack_fragments(frame, rows)
-            for fut, fragment in zip(pending.futures, fragments, strict=True):
-                if not fut.done():
-                    fut.set_result((fragment, prefix, elapsed_ns))
+            self._resolve(pending, frame, worker.model_versions[pending.model_idx], elapsed_ns)
+            if int8_rows:
+                self._count_int8(pending.model_idx, (int8_rows, by_range, by_margin))
             self._on_batch(MODEL_NAMES[pending.model_idx], rows, elapsed_ns / 1000.0, worker.pid)
+            self.batch_ns += (elapsed_ns - self.batch_ns) * 0.05
         if worker.state is WorkerState.DRAINING and not worker.pending:
             self._retire(worker)
+
+    @staticmethod
+    def _resolve(pending: Pending, frame: bytes, version: str, elapsed_ns: int) -> None:
+        status = protocol.REPLY.size
+        offset = status + pending.rows
+        for fut in pending.futures:
+            if not fut.done():
+                if frame[status] == protocol.ROW_FINITE:
+                    fut.set_result((frame[offset : offset + ROW_BYTES], version, elapsed_ns))
+                else:
+                    fut.set_exception(non_finite(pending.model_idx))
+            status += 1
+            offset += ROW_BYTES
 
     def _on_ready(self, worker: WorkerHandle, frame: bytes) -> None:
         info = orjson.loads(frame[protocol.REPLY.size :])
         worker.versions = info["versions"]
-        worker.prefixes = tuple(response_prefix(m, worker.versions[m]) for m in MODEL_NAMES)
+        worker.model_versions = tuple(worker.versions[m] for m in MODEL_NAMES)
         worker.state = WorkerState.READY
         if worker.ready is not None and not worker.ready.done():
             worker.ready.set_result(None)
@@ -353,6 +397,8 @@ class WorkerPool:
     # ---------------------------------------------------------------- failures
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
+        if worker.state is WorkerState.DEAD and not worker.pending:
+            return  # retired or already counted: its end is expected
         was = worker.state
         self._detach(worker)
         worker.state = WorkerState.DEAD
@@ -385,7 +431,7 @@ class WorkerPool:
             except StartFailed as exc:
                 log.error("replacement worker failed: %s", exc)
                 self._kill(fresh)
-                await asyncio.sleep(backoff_s)
+                await self._sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
                 continue
             if self._closing or dead not in self.active:
@@ -396,10 +442,7 @@ class WorkerPool:
             return
 
     def _detach(self, worker: WorkerHandle) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(worker.sock.fileno())
-        with contextlib.suppress(OSError):
-            worker.sock.close()
+        worker.link.close()
 
     def _retire(self, worker: WorkerHandle) -> None:
         """Closing the socket is the worker's signal to exit."""
@@ -409,12 +452,11 @@ class WorkerPool:
             self._spawn_task(self._reap(worker))
 
     def _kill(self, worker: WorkerHandle) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            worker.process.send_signal(signal.SIGKILL)
+        worker.link.kill()
 
     async def _reap(self, worker: WorkerHandle) -> None:
         deadline = asyncio.get_running_loop().time() + self.config.shutdown_grace_s
-        while worker.process.poll() is None:
+        while not worker.link.exited():
             if asyncio.get_running_loop().time() > deadline:
                 self._kill(worker)
             await asyncio.sleep(0.02)
@@ -449,6 +491,15 @@ class WorkerPool:
 
     def ready(self) -> bool:
         return any(w.state is WorkerState.READY for w in self.active)
+
+    def wait_ns(self) -> float:
+        """How long a new batch would wait before a worker starts it: the shortest queue of
+        batches among the ready workers, at the recent time per batch."""
+        shortest = -1
+        for w in self.active:
+            if w.state is WorkerState.READY and (shortest < 0 or len(w.pending) < shortest):
+                shortest = len(w.pending)
+        return max(shortest, 0) * self.batch_ns
 
     def snapshot(self) -> list[WorkerSnapshot]:
         return [

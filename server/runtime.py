@@ -7,17 +7,23 @@ import asyncio
 import contextlib
 import gc
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.spec import SPECS
 from monitoring import Monitor, MonitorConfig, WorkerSnapshot
 from optimize.loader import verify_artifacts
 from server.batching import Batcher
 from server.cache import ResponseCache
+from server.codecs.native import NativeEndpoint
+from server.codecs.oip_rest import OipRestEndpoint
+
+if TYPE_CHECKING:
+    from server.grpc_front import GrpcFront
 from server.config import ServerConfig
-from server.infer import InferCore
+from server.core import InferCore
 from server.pool import MODEL_INDEX, MODEL_NAMES, WorkerPool
 from server.ratelimit import RateLimiter
+from server.routes import Routes
 from server.validation import RequestParser
 
 log = logging.getLogger("server")
@@ -50,6 +56,8 @@ class Runtime:
         self.manifest: Any = None
         self.pool: WorkerPool | None = None
         self.core: InferCore | None = None
+        self.routes: Routes | None = None
+        self.grpc: GrpcFront | None = None
         self.monitor: Monitor | None = None
         self.cache = ResponseCache(config.cache_size, config.cache_ttl_s)
         self._ticker: asyncio.Task | None = None
@@ -82,15 +90,19 @@ class Runtime:
             if self.config.rate_limit_rps > 0
             else None
         )
-        self.core = InferCore(
-            self.config,
-            pool,
-            self.cache,
-            RequestParser(SPECS, MODEL_INDEX, self.config.max_request_batch),
-            batchers,
-            self.monitor,
-            rate_limiter=limiter,
+        self.core = core = InferCore(
+            self.config, pool, self.cache, batchers, self.monitor, rate_limiter=limiter
         )
+        parser = RequestParser(SPECS, MODEL_INDEX, self.config.max_request_batch)
+        self.routes = Routes(
+            NativeEndpoint(core, parser), OipRestEndpoint(core, self.config.max_request_batch)
+        )
+        if self.config.grpc_port is not None:
+            # imported only when asked for: grpc costs the front memory it need not carry
+            from server.grpc_front import GrpcFront
+
+            self.grpc = GrpcFront(self.config, core, self)
+            await self.grpc.start()
         self._ticker = loop.create_task(self._tick_forever())
         # Everything loaded so far (runtimes, modules, models) lives as long as the server:
         # keep it out of the collector's full passes.
@@ -104,6 +116,8 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
         if self.core is not None:
             self.core.accepting = False
         if self._ticker is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import struct
 
 import numpy as np
@@ -23,18 +22,26 @@ class ParsedRequest:
         self.batch = batch
 
 
-def _load_json(body: bytes) -> tuple[object, bool]:
-    """The document, and whether orjson read it (then every number in it is finite)."""
+def _load_json(body: bytes) -> object:
+    """The document, parsed by orjson alone: strict UTF-8 and RFC 8259, so every number in
+    it is finite. NaN and Infinity literals and numbers beyond float64 (1e400) are not JSON,
+    but a client sending them meant non-finite values: those get the 422 that says so."""
     try:
-        return orjson.loads(body), True
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # orjson refuses NaN/Infinity literals and numbers beyond float64 (1e400), which
-        # Python's json reads as non-finite floats: those bodies get the 422 for non-finite
-        # values, not a 400.
-        try:
-            return json.loads(body), False
-        except (ValueError, RecursionError):
-            raise BadRequest(f"body is not valid JSON: {exc}; send a JSON object") from None
+        message = str(exc)
+        literal = body[exc.pos : exc.pos + 8].startswith((b"NaN", b"Infinity"))
+        if literal or message.startswith("number is infinity"):
+            raise InvalidObservation(
+                "the body contains NaN, Infinity or a number beyond float64 range; send "
+                "finite numbers"
+            ) from None
+        if "UTF-8" in message:
+            raise BadRequest(
+                "body is not valid UTF-8; send JSON encoded as UTF-8 (surrogates, UTF-16 and "
+                "other encodings are refused)"
+            ) from None
+        raise BadRequest(f"body is not valid JSON: {exc}; send a JSON object") from None
 
 
 class _Packer:
@@ -87,7 +94,7 @@ class RequestParser:
         np.seterr(over="ignore")
 
     def parse(self, body: bytes) -> ParsedRequest:
-        doc, finite = _load_json(body)
+        doc = _load_json(body)
         if type(doc) is not dict:
             raise BadRequest(
                 'body must be a JSON object such as {"model": "tactical", "observation": [[...]]}'
@@ -101,7 +108,7 @@ class RequestParser:
         # true, false and null each hold a "u" or an "f", as no number and no field of ours
         # does: such a body takes the slow path, which refuses them instead of reading 1, 0.
         suspicious = b"u" in body or b"f" in body
-        packer = None if suspicious or not finite else self._packers[model]
+        packer = None if suspicious else self._packers[model]
         if single is not None:
             row = packer(single) if packer is not None else None
             if row is None:

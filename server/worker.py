@@ -21,9 +21,10 @@ import numpy as np
 import orjson
 
 from models.ensemble import EnsembleRule
-from models.spec import ACTIONS, SPECS
+from models.spec import SPECS
 from server import protocol
 from server.config import ServerConfig, config_from_json_dict
+from server.outputs import row_outputs
 
 _PR_SET_PDEATHSIG = 1
 
@@ -37,33 +38,35 @@ def _die_with_parent() -> None:
 
 
 class ModelEndpoint:
-    """One loaded model: runs a batch and renders each row's JSON fragment."""
+    """One loaded model: runs a batch into the rows' outputs (``server.outputs``)."""
 
     def __init__(self, served, rule: EnsembleRule) -> None:
         self.served = served
         self.rule = rule
         self.spec = rule.spec
         self.shape = self.spec.observation_shape
+        runner = served.runner
+        # int8 for batches, behind its guards: what each batch ran on is counted
+        self.guarded = getattr(runner, "min_rows", None) is not None
+        self._counted = (0, 0, 0)
 
-    def infer(self, payload: memoryview, rows: int) -> list[bytes]:
+    def infer(self, payload: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows x 12 float32 outputs, per row: all finite)."""
         obs = np.frombuffer(payload, dtype=np.float32).reshape(rows, *self.shape)
         probs, value = self.served.runner.run(obs)
-        action, confidence = self.rule.decide(probs)
-        out = []
-        agents = self.spec.agents
-        for i in range(rows):
-            row = probs[i]
-            body = orjson.dumps(
-                {
-                    "action": ACTIONS[action[i]],
-                    "confidence": confidence[i],
-                    "agents": {name: row[a] for a, name in enumerate(agents)},
-                    "value": value[i, 0],
-                },
-                option=orjson.OPT_SERIALIZE_NUMPY,
-            )
-            out.append(body[1:-1])
-        return out
+        return row_outputs(probs, value, self.rule)
+
+    def take_counts(self) -> tuple[int, int, int]:
+        """Rows run on int8, and rows the range and margin guards sent to float32, since the
+        last call."""
+        if not self.guarded:
+            return 0, 0, 0
+        runner = self.served.runner
+        fallbacks = runner.fallbacks()
+        now = (runner.int8_rows(), fallbacks["range"], fallbacks["margin"])
+        delta = tuple(a - b for a, b in zip(now, self._counted, strict=True))
+        self._counted = now
+        return delta  # type: ignore[return-value]
 
 
 def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
@@ -82,6 +85,7 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
             threads=config.worker_threads,
             manifest=manifest,
             warmup_calls=0,
+            agent_weights=config.weights_for(name),
         )
         rule = EnsembleRule(SPECS[name], config.weights_for(name))
         endpoints.append(ModelEndpoint(served, rule))
@@ -96,6 +100,7 @@ def warm_up(endpoints: list[ModelEndpoint], calls: int) -> None:
             obs = rng.standard_normal((batch, *ep.shape)).astype(np.float32)
             for _ in range(max(1, calls // batch)):
                 ep.infer(memoryview(bytearray(obs.tobytes())), batch)
+        ep.take_counts()  # the warm-up's rows are not the server's
 
 
 def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
@@ -113,15 +118,18 @@ def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
             return
         req_id, model_idx, rows = header.unpack_from(buffer)
         start = clock()
+        endpoint = endpoints[model_idx]
         try:
-            fragments = endpoints[model_idx].infer(view[head:size], rows)
+            out, finite = endpoint.infer(view[head:size], rows)
         except Exception as exc:  # answer, never die: the front turns this into a 500
             message = f"{type(exc).__name__}: {exc}".encode()[:4000]
-            sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
+            sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0, 0, 0, 0) + message)
             continue
         elapsed = min(clock() - start, 0xFFFFFFFF)
+        status = (~finite).view(np.uint8).tobytes()
+        counts = endpoint.take_counts()
         sock.send(
-            reply.pack(req_id, protocol.KIND_OK, rows, elapsed) + protocol.pack_fragments(fragments)
+            reply.pack(req_id, protocol.KIND_OK, rows, elapsed, *counts) + status + out.tobytes()
         )
 
 
@@ -144,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         endpoints = load_endpoints(config)
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}".encode()[:4000]
-        sock.send(protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0) + message)
+        sock.send(protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0, 0, 0, 0) + message)
         return 1
     ready = orjson.dumps(
         {"pid": os.getpid(), "versions": {ep.spec.name: ep.served.version for ep in endpoints}}
     )
-    sock.send(protocol.REPLY.pack(req_id, protocol.KIND_READY, 0, 0) + ready)
+    sock.send(protocol.REPLY.pack(req_id, protocol.KIND_READY, 0, 0, 0, 0, 0) + ready)
     with contextlib.suppress(ConnectionResetError, BrokenPipeError):
         serve(sock, endpoints)
     return 0

@@ -99,18 +99,25 @@ def test_stuck_worker_times_out_with_504_and_is_replaced(artifacts_dir: Path) ->
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker, signal.SIGCONT)
         counts = Counter(r.status_code for r in responses)
-        assert set(counts) <= {503, 504} and counts[504] >= 1, counts
+        # 200: once the stuck worker is killed and until its replacement is ready, the
+        # front answers from its own copy
+        assert set(counts) <= {200, 503, 504} and counts[504] >= 1, counts
         for r in responses:
+            if r.status_code == 200:
+                continue
             assert r.json()["error"]["code"] in {
                 "inference_timeout",
                 "overloaded",
                 "no_healthy_worker",
+                "circuit_open",  # the timeouts opened the model's circuit
             }
             if r.status_code == 503:
                 assert int(r.headers["retry-after"]) >= 1
         wait_until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200)
         assert not pid_alive(worker)
-        assert httpx.post(f"{server.url}/infer", json=body(7)).status_code == 200
+        # the timeouts opened the model's circuit: the first call after --breaker-open-s
+        # probes it, and answers
+        wait_until(lambda: httpx.post(f"{server.url}/infer", json=body(7)).status_code == 200)
 
 
 def test_sigterm_finishes_in_flight_requests_and_leaves_no_process(artifacts_dir: Path) -> None:

@@ -32,8 +32,9 @@ def busy_monitor(clock: Callable[[], float] = time.monotonic) -> Monitor:
     for _ in range(100):
         monitor.record_request("tactical", 200, 50.0, 5.0, 1.0, 10.0, 30.0, False)
         monitor.record_request("tactical", 200, 500.0, 5.0, 1.0, 100.0, 300.0, False)
-        monitor.record_request("strategic", 200, 80.0, 5.0, 1.0, 0.0, 0.0, True)
+        monitor.record_request("strategic", 200, 80.0, 5.0, 1.0, 0.0, 0.0, True, 1)
     monitor.record_request("", 400, 20.0, 15.0, 0.0, 0.0, 0.0, False)
+    monitor.record_request("tactical", 200, 70.0, 5.0, 1.0, 10.0, 30.0, False, 2)
     monitor.record_request("tactical", 503, 20.0, 5.0, 1.0, 0.0, 0.0, False)
     monitor.record_batch("tactical", 8, 250.0, 101)
     monitor.record_batch("tactical", 1, 90.0, 101)
@@ -67,11 +68,16 @@ def test_text_parses_and_holds_the_expected_families() -> None:
         assert name in found, name
         assert found[name].type == kind, name
     requests = {
-        (s.labels["model"], s.labels["status"]): s.value for s in found["pis_requests"].samples
+        (s.labels["model"], s.labels["protocol"], s.labels["status"]): s.value
+        for s in found["pis_requests"].samples
     }
-    assert requests[("tactical", "200")] == 200
-    assert requests[("unknown", "400")] == 1
-    assert requests[("tactical", "503")] == 1
+    assert requests == {
+        ("tactical", "native", "200"): 200,
+        ("tactical", "native", "503"): 1,
+        ("tactical", "oip_grpc", "200"): 1,
+        ("strategic", "oip_rest", "200"): 100,
+        ("unknown", "native", "400"): 1,
+    }
     hits = {s.labels["model"]: s.value for s in found["pis_cache_hits"].samples}
     assert hits["strategic"] == 100
     up = {s.labels["worker"]: s.value for s in found["pis_worker_up"].samples}
@@ -85,6 +91,7 @@ def test_latency_buckets_tell_50us_from_500us() -> None:
         for s in found["pis_request_duration_seconds"].samples
         if s.name.endswith("_bucket")
         and s.labels["model"] == "tactical"
+        and s.labels["protocol"] == "native"
         and s.labels["stage"] == "total"
     }
     assert buckets["2.5e-05"] == 1  # the 20 us 503

@@ -21,9 +21,10 @@ from optimize.loader import (
     load_manifest,
     load_served,
     load_variant,
+    open_guarded_variant,
     verify_artifacts,
 )
-from optimize.manifest import Manifest, Status, VariantName
+from optimize.manifest import FidelityMode, Manifest, Precision, Status, VariantName
 from optimize.runners import TorchRunner
 
 pytestmark = pytest.mark.slow
@@ -91,19 +92,38 @@ def test_manifest_records_every_variant_and_round_trips(run: OptimizerRun) -> No
             assert variant.latency_us is not None
             assert 0 < variant.latency_us.p50 <= variant.latency_us.p99 <= variant.latency_us.p99_9
             assert variant.calls_per_s and variant.per_sample_us_batch32
-        assert 0 < record.int8_to_fp32_size_ratio["onnx"] < 0.5
-        assert 0 < record.int8_to_fp32_size_ratio["torchscript"] < 0.5
+            assert set(variant.per_sample_us) == {"8", "16", "32", "256"}
+            assert variant.eligible is not None and variant.eligibility
+            cases = {(f.case, f.mode, f.batch) for f in variant.fidelity}
+            assert cases == {
+                (case, mode, batch)
+                for case in ("normal", "student_t3", "mixed_1e3")
+                for mode in FidelityMode
+                for batch in (1, 32)
+            }
+            assert (variant.guard is not None) == (variant.precision == Precision.INT8)
+        for family in ("onnx", "onnx_static", "torchscript"):
+            assert 0 < record.int8_to_fp32_size_ratio[family] < 0.5
 
 
-def test_selection_is_the_lowest_p99_within_tolerance(run: OptimizerRun) -> None:
+def test_selection_is_the_lowest_p99_among_eligible_ties_to_float32(run: OptimizerRun) -> None:
     for name in MODELS:
         record = run.manifest.model(name)
-        eligible = [v for v in record.variants if v.within_tolerance and v.status is Status.OK]
-        best = min(eligible, key=lambda v: (v.latency_us.p99, v.latency_us.p50))
-        assert record.selected == best.name
+        chosen = record.selected_variant
+        assert chosen.servable and chosen.eligible
+        same_precision = [
+            v for v in record.variants if v.servable and v.precision == chosen.precision
+        ]
+        assert chosen.latency_us.p99 == min(v.latency_us.p99 for v in same_precision)
+        if chosen.precision == Precision.INT8:
+            fp32 = [v for v in record.variants if v.servable and v.precision == Precision.FP32]
+            best = min(fp32, key=lambda v: v.latency_us.p99)
+            assert chosen.latency_us.p99 < 0.9 * best.latency_us.p99
+            assert chosen.latency_us.p50 < 0.9 * best.latency_us.p50
         for v in record.variants:
-            if not v.within_tolerance:
+            if not v.servable:
                 assert f"{v.name} excluded" in record.selection_reason
+        assert record.batch_selection_reason
 
 
 def fresh_observations(shape: tuple[int, int]) -> list[np.ndarray]:
@@ -121,11 +141,15 @@ def test_every_variant_within_tolerance_agrees_with_the_reference(
     reference = TorchRunner(models.build_default(name))
     record = run.manifest.model(name)
     checked = 0
+    rule = models.EnsembleRule(models.get_spec(name))
     for variant in record.variants:
         served = load_variant(run.out, name, variant.name, manifest=run.manifest, warmup_calls=1)
         assert served.version == variant.sha256[:12]
+        runner = served.runner
+        if variant.guard is not None:  # int8 is recorded, and served, behind its guards
+            runner = open_guarded_variant(run.out, run.manifest, name, variant.name, rule)
         for x in fresh_observations(models.get_spec(name).observation_shape):
-            probs, value = served.runner.run(x)
+            probs, value = runner.run(x)
             ref_probs, ref_value = reference.run(x)
             assert probs.shape == ref_probs.shape and value.shape == ref_value.shape
             assert probs.dtype == np.float32 and value.dtype == np.float32

@@ -145,6 +145,24 @@ def test_wrong_schema_version_is_refused_with_what_to_do() -> None:
         Manifest.from_dict(data)
 
 
+def test_a_schema_1_manifest_still_loads_and_serves_float32_only() -> None:
+    data = sample_manifest().to_dict()
+    data["schema_version"] = 1
+    schema_2_only = {
+        "variant": ("fidelity", "guard", "eligible", "eligibility", "per_sample_us"),
+        "model": ("batch_variant", "batch_min_rows", "batch_selection_reason"),
+    }
+    entry = data["models"]["tactical"]
+    for key in schema_2_only["model"]:
+        del entry[key]
+    for variant in entry["variants"]:
+        for key in schema_2_only["variant"]:
+            del variant[key]
+    old = Manifest.from_dict(data).models["tactical"]
+    assert old.batch_variant is None and old.variants[1].eligible is None
+    assert old.selected_variant.servable  # within tolerance was all schema 1 knew
+
+
 def test_bad_field_is_named_by_its_path() -> None:
     data = sample_manifest().to_dict()
     data["models"]["tactical"]["variants"][1]["size_bytes"] = "big"
@@ -185,7 +203,7 @@ def test_unknown_model_and_variant_are_named() -> None:
 def test_selection_takes_lowest_p99_within_tolerance_and_says_why() -> None:
     selected, reason = select_variant(sample_variants())
     assert selected == VariantName.ONNX_FP32
-    assert reason.startswith("lowest batch-1 p99 (9.0 us) among 2 variants within tolerance")
+    assert reason.startswith("lowest batch-1 p99 (9.0 us) among 2 variants eligible")
     assert "onnx_int8 excluded: probs error 0.5 > 0.0001 (large_1e6)" in reason
     assert "torchscript_int8 failed: RuntimeError: boom" in reason
 
@@ -193,7 +211,7 @@ def test_selection_takes_lowest_p99_within_tolerance_and_says_why() -> None:
 def test_selection_with_nothing_servable_selects_nothing() -> None:
     selected, reason = select_variant([failed_variant(VariantName.EAGER_FP32)])
     assert selected is None
-    assert reason.startswith("no variant built and within tolerance")
+    assert reason.startswith("no variant built and eligible")
 
 
 # --- verification ----------------------------------------------------------------------
@@ -325,7 +343,7 @@ def test_interleaved_timing_counts_every_call_and_rotates_order() -> None:
 def test_nothing_to_time_when_every_variant_failed() -> None:
     x = np.zeros((1, 2, 2), np.float32)
     assert time_interleaved({}, x, calls=10, warmup_calls=1, rounds=2) == {}
-    assert measure({}, x, x, calls=10, calls_batch32=10, warmup_calls=1, rounds=2) == {}
+    assert measure({}, x, {1: x}, calls=10, calls_batch32=10, warmup_calls=1, rounds=2) == {}
 
 
 def test_percentiles_and_throughput_from_known_samples() -> None:
@@ -339,7 +357,7 @@ def test_percentiles_and_throughput_from_known_samples() -> None:
     result = measure(
         {"r": runner},
         np.zeros((1, 2, 2), np.float32),
-        np.zeros((32, 2, 2), np.float32),
+        {32: np.zeros((32, 2, 2), np.float32), 256: [np.zeros((256, 2, 2), np.float32)] * 2},
         calls=50,
         calls_batch32=20,
         warmup_calls=0,
@@ -348,6 +366,8 @@ def test_percentiles_and_throughput_from_known_samples() -> None:
     )["r"]
     assert result.calls_per_s == pytest.approx(500_000)
     assert result.per_sample_us_batch32 == pytest.approx(2.0 / 32, rel=1e-3)
+    # rounded to 0.1 ns per sample
+    assert result.per_sample_us == {"32": 0.0625, "256": pytest.approx(2.0 / 256, abs=1e-4)}
 
 
 # --- capture ---------------------------------------------------------------------------

@@ -13,14 +13,17 @@ import orjson
 import pytest
 
 from models.spec import SPECS
-from server import infer
+from server import core as core_module
 from server.balancer import LeastLoaded, PowerOfTwo, RoundRobin, make_balancer
 from server.batching import Batcher
 from server.busypoll import BusyPoll
-from server.cache import ResponseCache, cache_key, observation_digest
+from server.cache import ResponseCache, cache_key, key_prefix, observation_digest
+from server.codecs import native
+from server.codecs.native import NativeEndpoint
 from server.config import BalancerStrategy, ConfigError, ServerConfig, load_config
+from server.core import InferCore
 from server.errors import Overloaded, WorkerLost
-from server.infer import InferCore, RequestHead
+from server.head import RequestHead
 from server.pool import MODEL_INDEX, MODEL_NAMES
 from server.ratelimit import RateLimiter
 from server.validation import RequestParser
@@ -68,7 +71,7 @@ class RecordingPool:
     def submit(self, model_idx: int, rows: int, payload: bytes, futures: list) -> None:
         self.calls.append((model_idx, rows, payload))
         for i, fut in enumerate(futures):
-            fut.set_result((payload[i : i + 1], b"p", 0))
+            fut.set_result((payload[i : i + 1], "v", 0))
 
 
 def test_batcher_gathers_same_tick_rows_and_returns_each_its_own() -> None:
@@ -102,10 +105,19 @@ def test_batcher_waits_up_to_the_queue_delay() -> None:
     asyncio.run(scenario())
 
 
+OUTPUTS = np.array([0.2, 0.3, 0.5] * 3 + [1.0, 0.5, 2], dtype=np.float32).tobytes()
+
+
 class InlinePool(RecordingPool):
     """Workers that answer at once, plus the front's inline lane, counting where rows ran."""
 
-    prefixes = tuple(b'{"model":"%s","version":"v",' % m.encode() for m in MODEL_NAMES)
+    model_versions = ("v",) * len(MODEL_NAMES)
+    key_prefixes = tuple(key_prefix(i, "v") for i in range(len(MODEL_NAMES)))
+
+    def submit(self, model_idx: int, rows: int, payload: bytes, futures: list) -> None:
+        self.calls.append((model_idx, rows, payload))
+        for fut in futures:
+            fut.set_result((OUTPUTS, "v", 0))
 
     def __init__(self) -> None:
         super().__init__()
@@ -114,9 +126,12 @@ class InlinePool(RecordingPool):
     def idle(self) -> bool:
         return True
 
-    def run_inline(self, model_idx: int, row: bytes) -> tuple[bytes, bytes, int]:
+    def wait_ns(self) -> float:
+        return 0.0
+
+    def run_inline(self, model_idx: int, row: bytes) -> tuple[bytes, str, int]:
         self.inline_rows += 1
-        return b'"value":1', self.prefixes[model_idx], 5
+        return OUTPUTS, "v", 5
 
 
 def test_inline_lane_only_for_one_connection_after_an_idle_gap(monkeypatch) -> None:
@@ -125,7 +140,8 @@ def test_inline_lane_only_for_one_connection_after_an_idle_gap(monkeypatch) -> N
     to the workers, however slowly they alternate."""
     us = 1_000
     clock = FakeClock(start=10**12)  # nanoseconds
-    monkeypatch.setattr(infer, "time", SimpleNamespace(perf_counter_ns=clock))
+    for module in (core_module, native):
+        monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter_ns=clock))
     body = orjson.dumps({"model": "tactical", "observation": [[0.5] * 7] * 60})
     a, b = RequestHead([], ("127.0.0.1", 1001)), RequestHead([], ("127.0.0.1", 1002))
 
@@ -138,9 +154,8 @@ def test_inline_lane_only_for_one_connection_after_an_idle_gap(monkeypatch) -> N
         ]
         monitor = SimpleNamespace(record_request=lambda *_: None)
         parser = RequestParser(SPECS, MODEL_INDEX, max_batch=4)
-        core = InferCore(
-            ServerConfig(busy_poll_us=0), pool, ResponseCache(0, 0), parser, batchers, monitor
-        )
+        core = InferCore(ServerConfig(busy_poll_us=0), pool, ResponseCache(0, 0), batchers, monitor)
+        endpoint = NativeEndpoint(core, parser)
         routes, statuses = [], []
         for head, gap_us in [
             (a, 5_000), (a, 200),  # a new connection: to the workers for its first 1 ms
@@ -151,7 +166,7 @@ def test_inline_lane_only_for_one_connection_after_an_idle_gap(monkeypatch) -> N
         ]:  # fmt: skip
             clock.advance(gap_us * us)
             inline_before, answered = pool.inline_rows, len(statuses)
-            core.handle(head, body, lambda status, _body, _retry: statuses.append(status))
+            endpoint.handle(head, body, lambda status, *_: statuses.append(status))
             while len(statuses) == answered:
                 await asyncio.sleep(0)
             assert statuses[answered:] == [200] and core.pending == 0
@@ -172,7 +187,12 @@ def test_batch_answers_once_with_its_first_error_after_every_row_is_in() -> None
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future] = []
-        pool = SimpleNamespace(prefixes=InlinePool.prefixes, idle=lambda: False)
+        pool = SimpleNamespace(
+            key_prefixes=InlinePool.key_prefixes,
+            model_versions=InlinePool.model_versions,
+            idle=lambda: False,
+            wait_ns=lambda: 0.0,
+        )
         batchers = [
             Batcher(i, lambda _m, _n, _p, f: futures.extend(f), max_batch_size=8,
                     max_queue_delay_us=0, loop=loop)
@@ -180,10 +200,10 @@ def test_batch_answers_once_with_its_first_error_after_every_row_is_in() -> None
         ]  # fmt: skip
         monitor = SimpleNamespace(record_request=lambda *_: None)
         parser = RequestParser(SPECS, MODEL_INDEX, max_batch=4)
-        core = InferCore(ServerConfig(busy_poll_us=0), pool, ResponseCache(0, 0), parser,
-                         batchers, monitor)  # fmt: skip
+        core = InferCore(ServerConfig(busy_poll_us=0), pool, ResponseCache(0, 0), batchers, monitor)
+        endpoint = NativeEndpoint(core, parser)
         answers = []
-        core.handle(RequestHead([], None), body, lambda *answer: answers.append(answer))
+        endpoint.handle(RequestHead([], None), body, lambda *answer: answers.append(answer))
         await asyncio.sleep(0)
         assert len(futures) == 2 and core.pending == 1
         futures[0].set_exception(WorkerLost("the worker serving this request died; retry"))
@@ -192,8 +212,8 @@ def test_batch_answers_once_with_its_first_error_after_every_row_is_in() -> None
         futures[1].set_exception(Overloaded("later"))
         await asyncio.sleep(0)
         assert core.pending == 0
-        ((status, payload, retry),) = answers
-        assert (status, retry) == (503, 1)
+        ((status, _type, payload, headers),) = answers
+        assert (status, headers) == (503, ((b"retry-after", b"1"),))
         assert orjson.loads(payload)["error"]["code"] == "worker_lost"
 
     asyncio.run(scenario())
@@ -287,14 +307,14 @@ def test_cache_coalesces_in_flight_and_stores_under_computing_version() -> None:
     async def scenario() -> None:
         cache = ResponseCache(maxsize=10, ttl_s=10)
         digest = b"d" * 16
-        key = b"v1" + digest
+        key = key_prefix(1, "v1") + digest
         fut = asyncio.get_running_loop().create_future()
         cache.track(key, fut)
         assert cache.joining(key) is fut
-        fut.set_result((b"frag", b"v2", 5))  # computed by a newer version after a reload
+        fut.set_result((b"out", "v2", 5))  # computed by a newer version after a reload
         await asyncio.sleep(0)
         assert cache.joining(key) is None
-        assert cache.get(b"v2" + digest) == b"frag"
+        assert cache.get(key_prefix(1, "v2") + digest) == b"out"
         assert cache.get(key) is None
 
     asyncio.run(scenario())
@@ -348,9 +368,15 @@ def test_config_errors_name_the_environment_variable() -> None:
 def test_config_round_trips_to_workers_without_the_api_key() -> None:
     from server.config import config_from_json_dict
 
-    config = ServerConfig(api_key="secret", agent_weights=(("tactical", (1.0, 2.0, 1.0)),))
+    config = ServerConfig(
+        api_key="secret",
+        api_keys=("k2",),
+        admin_api_key="adm",
+        agent_weights=(("tactical", (1.0, 2.0, 1.0)),),
+    )
     data = config.to_json_dict()
-    assert data["api_key"] is None
+    assert data["api_key"] is None and data["admin_api_key"] is None
+    assert data["api_keys"] == () and data["api_key_file"] is None
     back = config_from_json_dict(data)
     assert back.agent_weights == config.agent_weights
     assert back.weights_for("tactical") == (1.0, 2.0, 1.0)

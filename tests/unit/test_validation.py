@@ -80,6 +80,12 @@ def test_integers_are_numbers() -> None:
         (body(model="tactical", observation=obs(), observations=[obs()]), InvalidObservation,
          "not both"),
         (body(model="tactical", observation=5), InvalidObservation, "60 x 7"),
+        (b'{"model": "tactical", "observation": [[-Infinity]]}', InvalidObservation, "NaN"),
+        (b'{"model": "tactical", "observation": [[1e400]]}', InvalidObservation, "float64"),
+        (b'{"model": "tact\xed\xa0\x80ical", "observation": 1}', BadRequest, "UTF-8"),
+        (b'{"model": "\xff", "observation": 1}', BadRequest, "UTF-8"),
+        (body(model="tactical", observation=obs()).decode().encode("utf-16"), BadRequest,
+         "UTF-8"),
     ],
 )  # fmt: skip
 def test_bad_bodies_get_clear_errors(raw: bytes, error: type, fragment: str) -> None:

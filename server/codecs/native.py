@@ -1,0 +1,126 @@
+"""The native protocol, ``POST /infer`` (the contract's own JSON): decode a body into a
+job, render row outputs as the contract's fields, errors as ``{"error": {code, message}}``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import orjson
+
+from models.spec import ACTIONS, SPECS
+from server.codecs.base import JSON, NO_HEADERS, Respond, retry_headers
+from server.core import InferCore, Job
+from server.errors import ApiError, UnsupportedMediaType
+from server.head import RequestHead
+from server.outputs import FLOATS
+from server.pool import MODEL_NAMES
+from server.validation import RequestParser
+
+_CACHED = b',"cached":true}'
+_FRESH = b',"cached":false}'
+_ACTION_BYTES = {str(i).encode(): name.encode() for i, name in enumerate(ACTIONS)}
+_ACTION_BYTES.update({k + b".0": v for k, v in _ACTION_BYTES.items()})
+
+
+def _row_template(agents: tuple[str, ...]) -> bytes:
+    names = ",".join(f'"{a}":[%s,%s,%s]' for a in agents)
+    return ('"action":"%s","confidence":%s,"agents":{' + names + '},"value":%s').encode()
+
+
+class Renderer:
+    """Row outputs to the contract's fields. orjson writes float32 in its shortest form
+    (0.41, not 0.4099999964237213); one call renders all of a request's rows."""
+
+    __slots__ = ("_template",)
+
+    def __init__(self, agents: tuple[str, ...]) -> None:
+        self._template = _row_template(agents)
+
+    def fragments(self, outputs: list[bytes]) -> list[bytes]:
+        """``"action":..,"confidence":..,"agents":{..},"value":..`` per row."""
+        flat = np.frombuffer(b"".join(outputs), dtype=np.float32)
+        text = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+        template = self._template
+        out = []
+        for i in range(0, len(text), FLOATS):
+            v = text[i : i + FLOATS]
+            out.append(template % (_ACTION_BYTES[v[11]], v[10], *v[:9], v[9]))
+        return out
+
+
+class NativeJob(Job):
+    __slots__ = ("batch", "codec", "respond")
+
+    def __init__(self, start_ns: int, codec: NativeEndpoint, respond: Respond) -> None:
+        super().__init__(start_ns)
+        self.codec = codec
+        self.respond = respond
+        self.batch = False
+
+    def answer(self, version: str, outputs: list[bytes], cached: list[bool]) -> None:
+        codec = self.codec
+        prefix = codec.prefix(self.model_idx, version)
+        fragments = codec.renderers[self.model_idx].fragments(outputs)
+        if self.batch:
+            parts = [
+                b"{" + f + (_CACHED if c else _FRESH)
+                for f, c in zip(fragments, cached, strict=True)
+            ]
+            body = prefix + b'"results":[' + b",".join(parts) + b"]}"
+        else:
+            body = prefix + fragments[0] + (_CACHED if cached[0] else _FRESH)
+        self.respond(200, JSON, body, NO_HEADERS)
+
+    def refuse(self, error: ApiError) -> int:
+        self.respond(error.status, JSON, error.body(), retry_headers(error))
+        return error.status
+
+
+class NativeEndpoint:
+    """``POST /infer``."""
+
+    def __init__(self, core: InferCore, parser: RequestParser) -> None:
+        self.core = core
+        self.parser = parser
+        self.renderers = [Renderer(SPECS[name].agents) for name in MODEL_NAMES]
+        self._prefixes: list[dict[str, bytes]] = [{} for _ in MODEL_NAMES]
+
+    def prefix(self, model_idx: int, version: str) -> bytes:
+        """``{"model":..,"version":..,``, rendered once per served version."""
+        known = self._prefixes[model_idx]
+        prefix = known.get(version)
+        if prefix is None:
+            model = orjson.dumps(MODEL_NAMES[model_idx])
+            prefix = b'{"model":' + model + b',"version":' + orjson.dumps(version) + b","
+            known[version] = prefix
+        return prefix
+
+    def check_head(self, head: RequestHead) -> None:
+        self.core.check_access(head.api_key, head.client)
+        if head.media_type() != JSON:
+            raise UnsupportedMediaType(
+                "send the body as JSON with 'Content-Type: application/json'"
+            )
+        if head.content_length > self.core.max_body:
+            raise self.core.too_large(head.content_length)
+
+    def handle(self, head: RequestHead, body: bytes, respond: Respond) -> None:
+        start = time.perf_counter_ns()
+        core = self.core
+        alone = core.arrival(head.peer, start)
+        job = NativeJob(start, self, respond)
+        try:
+            core.admit(start)
+            parsed = self.parser.parse(body)
+        except ApiError as error:
+            return core.reject(job, error)
+        job.model_idx = parsed.model_idx
+        job.rows = parsed.rows
+        job.batch = parsed.batch
+        job.parsed_ns = time.perf_counter_ns()
+        core.submit(job, alone)
+
+    def refuse(self, error: ApiError, respond: Respond) -> None:
+        self.core.reject(NativeJob(time.perf_counter_ns(), self, respond), error)

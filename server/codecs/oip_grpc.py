@@ -1,0 +1,194 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``): decode a
+``ModelInferRequest`` into a job, encode outputs as ``raw_output_contents``, errors as
+status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+
+from models.spec import SPECS
+from monitoring import PROTOCOL_INDEX
+from server.codecs import oip
+from server.core import InferCore, Job
+from server.errors import ApiError, InternalError
+from server.oip_proto import inference_pb2 as pb
+from server.oip_proto import inference_pb2_grpc as pb_grpc
+from server.pool import MODEL_NAMES
+
+log = logging.getLogger("server")
+PROTOCOL = PROTOCOL_INDEX["oip_grpc"]
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    500: grpc.StatusCode.INTERNAL,
+}
+_TENSORS = {
+    name: pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype)
+    for name, (datatype, _shape) in oip.OUTPUTS.items()
+}
+
+
+def status_code(error: ApiError) -> tuple[grpc.StatusCode, str]:
+    status, message = oip.as_protocol_error(error)
+    return _CODES.get(status, grpc.StatusCode.INTERNAL), message
+
+
+class GrpcJob(Job):
+    __slots__ = ("future", "request_id", "requested")
+    protocol = PROTOCOL
+
+    def __init__(self, start_ns: int, future: asyncio.Future) -> None:
+        super().__init__(start_ns)
+        self.future = future
+        self.request_id = ""
+        self.requested: list[str] = []
+
+    def answer(self, version: str, outputs: list[bytes], cached: list[bool]) -> None:
+        arrays = oip.output_arrays(outputs)
+        response = pb.ModelInferResponse(
+            model_name=MODEL_NAMES[self.model_idx], model_version=version, id=self.request_id
+        )
+        for name in self.requested or oip.OUTPUTS:
+            array = arrays[name]
+            tensor = response.outputs.add()
+            tensor.CopyFrom(_TENSORS[name])
+            tensor.shape.extend(array.shape)
+            response.raw_output_contents.append(array.tobytes())
+        if not self.future.done():
+            self.future.set_result(response)
+
+    def refuse(self, error: ApiError) -> int:
+        """Counted under the HTTP status that the gRPC code stands for."""
+        if not self.future.done():
+            self.future.set_exception(error)
+        return oip.as_protocol_error(error)[0]
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> tuple[bytes | None, str]:
+    """The API key (``x-api-key`` or ``authorization: Bearer``) and the client's address."""
+    key = None
+    for name, value in context.invocation_metadata() or ():
+        if name == "x-api-key":
+            key = value
+        elif name == "authorization" and value[:7].lower() == "bearer ":
+            key = value[7:]
+    peer = context.peer() or "?"
+    client = peer.rpartition(":")[0] or peer
+    return (key.encode() if isinstance(key, str) else key), client
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: InferCore, runtime: Any, max_batch: int) -> None:
+        """``runtime``: what serves (its ``pool`` and ``manifest``), for health and metadata."""
+        self.core = core
+        self.runtime = runtime
+        self.max_batch = max_batch
+
+    def _ready(self) -> bool:
+        pool = self.runtime.pool
+        return pool is not None and pool.ready()
+
+    async def _resolve(self, name: str, version: str, context: grpc.aio.ServicerContext) -> int:
+        try:
+            return oip.model_index(name, version, self.core.pool.model_versions)
+        except ApiError as error:
+            await context.abort(*status_code(error))
+            raise  # abort raises; this keeps type checkers honest
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._ready())
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        await self._resolve(request.name, request.version, context)
+        return pb.ModelReadyResponse(ready=self._ready())
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=oip.SERVER_NAME, version=oip.SERVER_VERSION, extensions=oip.EXTENSIONS
+        )
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        idx = await self._resolve(request.name, request.version, context)
+        variant = self.runtime.manifest.models[MODEL_NAMES[idx]].selected_variant
+        meta = oip.model_metadata(idx, self.core.pool.model_versions[idx], variant.runtime)
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        start = time.perf_counter_ns()
+        core = self.core
+        future = asyncio.get_running_loop().create_future()
+        job = GrpcJob(start, future)
+        job.request_id = request.id
+        try:
+            api_key, client = _metadata(context)
+            core.check_access(api_key, client)
+            alone = core.arrival(context.peer(), start)
+            core.admit(start)
+            job.model_idx = oip.model_index(
+                request.model_name, request.model_version, core.pool.model_versions
+            )
+            job.rows = self._rows(job.model_idx, request)
+            job.requested = [output.name for output in request.outputs]
+            oip.check_outputs(job.requested)
+        except ApiError as error:
+            core.reject(job, error)
+        except Exception:  # a bug, never the client's doing: answer, do not drop it
+            log.exception("decoding a gRPC ModelInfer request failed")
+            core.reject(job, InternalError("the server failed on this request"))
+        else:
+            job.parsed_ns = time.perf_counter_ns()
+            core.submit(job, alone)
+        try:
+            return await future
+        except ApiError as error:
+            await context.abort(*status_code(error))
+            raise
+
+    def _rows(self, idx: int, request: Any) -> list[bytes]:
+        spec = SPECS[MODEL_NAMES[idx]]
+        if len(request.inputs) != 1:
+            raise oip.BadTensor(
+                f"send one input, {oip.INPUT!r} (FP32, [-1, {spec.rows}, {spec.features}]); "
+                f"got {len(request.inputs)}"
+            )
+        tensor = request.inputs[0]
+        batch = oip.check_input(
+            spec, self.max_batch, tensor.name, tensor.datatype, list(tensor.shape)
+        )
+        raw = request.raw_input_contents
+        if raw:
+            if len(raw) != 1 or tensor.HasField("contents"):
+                raise oip.BadTensor(
+                    "send the observation either in raw_input_contents (one entry) or in "
+                    "contents.fp32_contents, not both"
+                )
+            return oip.rows_from_raw(spec, batch, raw[0])
+        values = tensor.contents.fp32_contents
+        expected = batch * spec.input_size
+        if len(values) != expected:
+            raise oip.BadTensor(
+                f"input {oip.INPUT!r} holds {len(values)} FP32 values; shape [{batch}, "
+                f"{spec.rows}, {spec.features}] needs {expected}"
+            )
+        return oip.rows_from_raw(spec, batch, np.asarray(values, dtype="<f4").tobytes())

@@ -1,0 +1,45 @@
+"""The gRPC front: ``grpc.aio``'s server in the front process's event loop, serving the
+Open Inference Protocol on ``--grpc-port`` from the same core as HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from server.codecs.oip_grpc import InferenceServicer
+from server.config import ServerConfig
+from server.core import InferCore
+from server.oip_proto import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger("server.grpc")
+
+
+class GrpcFront:
+    def __init__(self, config: ServerConfig, core: InferCore, runtime: Any) -> None:
+        self.config = config
+        self.port = 0  # the bound port once started (--grpc-port 0 picks a free one)
+        # A message over the HTTP body limit is refused by grpc itself (RESOURCE_EXHAUSTED).
+        limit = config.max_body_bytes
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", max(limit, 4 * 1024 * 1024)),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        servicer = InferenceServicer(core, runtime, config.max_request_batch)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+
+    async def start(self) -> None:
+        address = f"{self.config.host}:{self.config.grpc_port}"
+        if ":" in self.config.host:
+            address = f"[{self.config.host}]:{self.config.grpc_port}"
+        self.port = self._server.add_insecure_port(address)
+        await self._server.start()
+        log.info("gRPC (Open Inference Protocol) on %s:%d", self.config.host, self.port)
+
+    async def stop(self) -> None:
+        """Stops taking calls and lets the ones in flight finish within the grace period."""
+        await self._server.stop(self.config.shutdown_grace_s)

@@ -1,0 +1,45 @@
+"""The soak benchmark's tool, in seconds instead of a million requests (the full soak is
+``python -m benchmarks.soak``, and ``-m benchmark`` runs it as a test)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmarks.loadgen import wrk_path
+from benchmarks.soak import soak
+
+pytestmark = pytest.mark.slow
+
+
+def _need_wrk() -> None:
+    if wrk_path() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but wrk is not on PATH; .ci/run installs it")
+        pytest.skip("wrk is not on PATH (apt-get install wrk)")
+
+
+def test_soak_sends_every_stream_and_records_memory(artifacts_dir: Path, tmp_path: Path) -> None:
+    _need_wrk()
+    result = soak(artifacts_dir, requests=3000, round_s=1.0, log=tmp_path / "server.log")
+    first = result["rounds"][1]
+    assert set(first["sent"]) == {"cold", "warm", "batch", "oip", "invalid"}
+    assert all(count > 0 for count in first["sent"].values()), first["sent"]
+    assert result["requests"] >= 3000
+    assert set(result["status"]) == {"200", "422"}, "only the invalid stream is refused"
+    assert first["cache_entries"] > 0 and first["processes"] == 3
+    assert 0 < result["start_pss_mib"] <= result["end_pss_mib"] * 2
+
+
+@pytest.mark.benchmark
+def test_full_soak_of_a_million_requests_keeps_memory_flat(
+    artifacts_dir: Path, tmp_path: Path
+) -> None:
+    _need_wrk()
+    result = soak(artifacts_dir, requests=1_000_000, round_s=10.0, log=tmp_path / "server.log")
+    assert result["cache_full_pss_mib"] is not None, "the cache never filled"
+    start_full, end_full = result["cache_full_pss_mib"]
+    print(result)
+    assert end_full <= start_full * 1.05, "memory grew after the cache was full"

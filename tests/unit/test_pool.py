@@ -1,0 +1,268 @@
+"""The pool's failure logic with fake workers that implement ``WorkerLink``: retry once,
+timeout kill, draining on reload, replacement back-off, broken pipes, and the front's own
+copy while no worker is ready. Teardown checks that no batch is left and no link open."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import numpy as np
+import orjson
+import pytest
+
+from models.spec import SPECS
+from server import protocol
+from server.config import ServerConfig
+from server.errors import InferenceTimeout, NonFiniteOutput, WorkerLost
+from server.outputs import FLOATS
+from server.pool import MODEL_NAMES, WorkerPool, WorkerState
+
+VERSIONS = {name: "v1" for name in MODEL_NAMES}
+_pids = itertools.count(1000)
+
+
+class FakeLink:
+    """A worker that is ready when told (or at once) and answers when the test says so."""
+
+    def __init__(self, on_frame: Callable, on_lost: Callable, *, starts: bool = True) -> None:
+        self.pid = next(_pids)
+        self.on_frame = on_frame
+        self.on_lost = on_lost
+        self.starts = starts  # False: it fails to load its models
+        self.requests: list[bytes] = []
+        self.closed = self.killed = self.dead = self.broken = False
+
+    # WorkerLink
+    def send(self, frame: bytes) -> None:
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        req_id, model, _rows = protocol.REQUEST.unpack_from(frame)
+        if model == protocol.CONTROL_MODEL:
+            asyncio.get_running_loop().call_soon(self._started, req_id)
+        else:
+            self.requests.append(frame)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def kill(self) -> None:
+        self.killed = True
+        asyncio.get_running_loop().call_soon(self.die)  # its socket ends, as a real one's
+
+    def exited(self) -> bool:
+        return self.killed or self.closed or self.dead
+
+    # what the test drives
+    def _started(self, req_id: int) -> None:
+        if self.dead or self.closed:
+            return
+        if self.starts:
+            ready = orjson.dumps({"pid": self.pid, "versions": VERSIONS})
+            self.on_frame(protocol.REPLY.pack(req_id, protocol.KIND_READY, 0, 0, 0, 0, 0) + ready)
+        else:
+            self.on_frame(
+                protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0, 0, 0, 0) + b"no model"
+            )
+
+    def answer(self, finite: bool = True, int8: tuple[int, int, int] = (0, 0, 0)) -> None:
+        """Answers the oldest request it holds (``int8``: rows on int8, range and margin
+        fallbacks, as a guarded worker reports them)."""
+        frame = self.requests.pop(0)
+        req_id, _model, rows = protocol.REQUEST.unpack_from(frame)
+        status = bytes([protocol.ROW_FINITE if finite else protocol.ROW_NOT_FINITE]) * rows
+        out = np.full((rows, FLOATS), 0.5, np.float32).tobytes()
+        head = protocol.REPLY.pack(req_id, protocol.KIND_OK, rows, 1000, *int8)
+        self.on_frame(head + status + out)
+
+    def die(self) -> None:
+        if not self.dead and not self.closed:
+            self.dead = True
+            self.on_lost()
+
+
+class Launcher:
+    def __init__(self) -> None:
+        self.links: list[FakeLink] = []
+        self.failing = 0  # the next this many workers fail to start
+
+    def __call__(self, on_frame: Callable, on_lost: Callable) -> FakeLink:
+        link = FakeLink(on_frame, on_lost, starts=self.failing <= 0)
+        self.failing -= 1
+        self.links.append(link)
+        return link
+
+
+def front_models(config: ServerConfig) -> list:
+    def infer(payload: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.full((rows, FLOATS), 0.25, np.float32), np.ones(rows, bool)
+
+    return [
+        SimpleNamespace(
+            spec=SPECS[name],
+            served=SimpleNamespace(version="v1"),
+            infer=infer,
+            take_counts=lambda: (0, 0, 0),
+        )
+        for name in MODEL_NAMES
+    ]
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def run(scenario: Callable, **config: object) -> None:
+    async def main() -> None:
+        launcher = Launcher()
+        sleeps: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            await asyncio.sleep(0)
+
+        pool = WorkerPool(
+            ServerConfig(workers=2, **config),  # type: ignore[arg-type]
+            launch=launcher,
+            load_models=front_models,
+            sleep=sleep,
+        )
+        await pool.start()
+        await scenario(pool, launcher, sleeps)
+        await settle()
+        await pool.close()
+        assert all(not w.pending for w in pool.active + pool.draining), "a batch was left"
+        assert all(link.exited() for link in launcher.links), "a worker was left running"
+
+    asyncio.run(main())
+
+
+def submit(pool: WorkerPool, rows: int = 1) -> list[asyncio.Future]:
+    loop = asyncio.get_running_loop()
+    futures = [loop.create_future() for _ in range(rows)]
+    payload = np.zeros((rows, 60, 7), np.float32).tobytes()
+    pool.submit(MODEL_NAMES.index("tactical"), rows, payload, futures)
+    return futures
+
+
+def holder(launcher: Launcher) -> FakeLink:
+    (link,) = [link for link in launcher.links if link.requests]
+    return link
+
+
+def test_a_dead_workers_batch_is_retried_once_then_answered_503() -> None:
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        first, second = launcher.links
+        futures = submit(pool, rows=2)
+        original = holder(launcher)
+        original.die()
+        other = second if original is first else first
+        assert other.requests, "retried on the other worker"
+        other.die()
+        for fut in futures:
+            with pytest.raises(WorkerLost):
+                await fut
+        await settle()
+        assert len(launcher.links) == 4, "both dead workers are being replaced"
+        assert {w.state for w in pool.active} == {WorkerState.READY}
+
+    run(scenario)
+
+
+def test_a_batch_past_the_timeout_is_a_504_and_its_worker_is_killed() -> None:
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        (fut,) = submit(pool)
+        stuck = holder(launcher)
+        with pytest.raises(InferenceTimeout):
+            await asyncio.wait_for(fut, 5)
+        assert stuck.killed
+        await settle()
+        assert len(launcher.links) == 3 and stuck not in [w.link for w in pool.active]
+
+    run(scenario, request_timeout_s=0.05)
+
+
+def test_answers_reach_their_futures_and_a_non_finite_row_is_refused() -> None:
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        futures = submit(pool, rows=3)
+        link = holder(launcher)
+        link.answer()
+        outputs, version, ns = await futures[0]
+        assert version == "v1" and ns == 1000
+        assert np.frombuffer(outputs, np.float32).tolist() == [0.5] * FLOATS
+        (bad,) = submit(pool)
+        holder(launcher).answer(finite=False)
+        with pytest.raises(NonFiniteOutput, match="cannot compute finite outputs"):
+            await bad
+        assert sum(w.served for w in pool.active) == 4
+        int8 = submit(pool, rows=40)
+        holder(launcher).answer(int8=(40, 3, 1))
+        await asyncio.gather(*int8)
+        assert pool.int8_counts[MODEL_NAMES.index("tactical")] == [40, 3, 1]
+        assert pool.int8_counts[MODEL_NAMES.index("strategic")] == [0, 0, 0]
+
+    run(scenario)
+
+
+def test_reload_drains_the_old_workers_after_their_last_batch() -> None:
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        old = list(launcher.links)
+        (fut,) = submit(pool)
+        busy = holder(launcher)
+        idle = old[1] if busy is old[0] else old[0]
+        await pool.reload()
+        assert [w.link for w in pool.active] == launcher.links[2:]
+        assert idle.closed, "an idle old worker retires at once"
+        assert not busy.closed and pool.draining, "a busy one drains first"
+        busy.answer()
+        await fut
+        assert busy.closed
+
+    run(scenario)
+
+
+def test_a_replacement_that_fails_to_start_is_retried_with_growing_back_off() -> None:
+    async def scenario(pool: WorkerPool, launcher: Launcher, sleeps: list) -> None:
+        launcher.failing = 3
+        launcher.links[0].die()
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert sleeps == [0.1, 0.2, 0.4]
+        assert len(launcher.links) == 2 + 4
+        assert all(w.state is WorkerState.READY for w in pool.active)
+        assert pool.active[0].restarts == 1
+
+    run(scenario)
+
+
+def test_a_broken_pipe_sends_the_batch_to_another_worker() -> None:
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        first, second = launcher.links
+        first.broken = True  # dead, its EOF not read yet; the balancer tries it first
+        (fut,) = submit(pool)
+        assert second.requests and not first.requests
+        second.answer()
+        await fut
+        await settle()
+        assert len(launcher.links) == 3, "the broken one is replaced"
+
+    run(scenario)
+
+
+def test_the_front_answers_while_no_worker_is_ready() -> None:
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        launcher.failing = 10**6  # replacements never come up
+        for link in list(launcher.links):
+            link.die()
+        assert not pool.ready()
+        futures = submit(pool, rows=2)
+        for fut in futures:
+            outputs, version, _ns = await fut
+            assert version == "v1"
+            assert np.frombuffer(outputs, np.float32).tolist() == [0.25] * FLOATS
+        launcher.failing = 0
+
+    run(scenario)
