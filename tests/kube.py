@@ -34,3 +34,7 @@ def container_env() -> dict[str, str]:
 
 def adapter_rules() -> list[dict[str, Any]]:
     return load(KUBE / "prometheus-adapter" / "values.yaml")["rules"]["custom"]
+
+
+def inference_service() -> dict[str, Any]:
+    return load(KUBE / "kserve" / "inferenceservice.yaml")

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.kube import adapter_rules, container, container_env, resources
+from tests.kube import adapter_rules, container, container_env, inference_service, resources
 from tests.support import start_server
 
 pytestmark = pytest.mark.slow
@@ -21,6 +21,10 @@ def test_probes_and_metric_names_are_what_the_server_serves(artifacts_dir: Path)
     with start_server(artifacts_dir, workers=1, env=env) as server:
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             path = container()[probe]["httpGet"]["path"]
+            assert httpx.get(server.url + path, timeout=5).status_code == 200, path
+        (kserve,) = inference_service()["spec"]["predictor"]["containers"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            path = kserve[probe]["httpGet"]["path"]
             assert httpx.get(server.url + path, timeout=5).status_code == 200, path
         body = {"model": "tactical", "observation": [[0.1] * 7] * 60}
         assert httpx.post(server.url + "/infer", json=body, timeout=5).status_code == 200

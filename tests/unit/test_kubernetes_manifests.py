@@ -10,7 +10,15 @@ import re
 import pytest
 
 from server.config import load_config
-from tests.kube import BASE, adapter_rules, container, container_env, load, resources
+from tests.kube import (
+    BASE,
+    adapter_rules,
+    container,
+    container_env,
+    inference_service,
+    load,
+    resources,
+)
 from tests.support import ROOT
 from tests.tools import required_module
 
@@ -108,3 +116,25 @@ def test_hpa_reads_the_metrics_the_adapter_exposes() -> None:
     for rule in adapter_rules():
         series = re.match(r"(\w+)\{", rule["seriesQuery"]).group(1)
         assert re.fullmatch(rule["name"]["matches"], series)
+
+
+def test_kserve_example_validates_and_its_container_is_a_server_on_its_ports() -> None:
+    service = inference_service()
+    schema = json.loads((ROOT / "tests" / "schemas" / "inferenceservice-v1beta1.json").read_text())
+    jsonschema.validate(service, schema)
+    predictor = service["spec"]["predictor"]
+    (server,) = predictor["containers"]
+    # The container and its volumes are core/v1 objects: check them as a Pod would hold them.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kserve-predictor"},
+        "spec": {"containers": [server], "volumes": predictor["volumes"]},
+    }
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    config = load_config([], environ={e["name"]: e["value"] for e in server["env"]})
+    assert [p["containerPort"] for p in server["ports"]] == [config.port]
+    assert config.grpc_port is not None and config.grpc_port != config.port
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert server[probe]["httpGet"]["port"] == config.port
+    assert server["resources"] == container()["resources"], "sized as the base Deployment"
