@@ -3,6 +3,7 @@ in CI (CI=true), where every check must run."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 
@@ -19,3 +20,15 @@ def required_binary(name: str, ci_reason: str, package: str = "prometheus") -> s
             pytest.fail(f"{message}: {ci_reason}")
         pytest.skip(message)
     return path
+
+
+def required_module(name: str, install: str) -> object:
+    """``import name``, skipped locally when absent; in CI (CI=true) a failure, since
+    ``make test`` installs the extras that bring it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"{name} not installed ({install})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}: make test installs it, so CI must run this test")
+        pytest.skip(message, allow_module_level=True)
