@@ -50,6 +50,7 @@ _IDLE_GAP_NS = 10_000
 _ONE_PEER_NS = 1_000_000
 # a pass that starts this soon after the previous one ended: the front was never idle
 _CONTINUOUS_NS = 50_000
+_SATURATED_PASSES = 2
 
 
 class Job:
@@ -105,6 +106,8 @@ class InferCore:
         self._pass_length_ns = 0
         self._pass_end_ns = 0
         self._queued_ns = 0  # what the requests of this pass waited before it began
+        self._long_passes = 0  # consecutive passes longer than the budget
+        self._saturated = False
         self.breakers = [
             CircuitBreaker(config.breaker_failures, config.breaker_open_s) for _ in MODEL_NAMES
         ]
@@ -154,15 +157,21 @@ class InferCore:
         how long it has been queued in this event-loop pass behind the requests handled
         before it, plus, when this pass followed the previous one without a pause (so the
         request arrived while the front was busy), that pass's length; to come, the
-        shortest worker queue."""
+        shortest worker queue. The front's own waits count while it is saturated: from two
+        passes in a row longer than the budget until it next goes idle (so a single long
+        pass, a GC or the process descheduled on a shared machine, sheds nothing, and the
+        short passes of a front busy refusing do not end the shedding)."""
         if not self._budget_ns:
             return
         if self._pass_start_ns == 0:
             self._pass_start_ns = now_ns
             self._loop.call_soon(self._end_pass)
-            busy = now_ns - self._pass_end_ns < _CONTINUOUS_NS
-            self._queued_ns = self._pass_length_ns if busy else 0
-        waited = now_ns - self._pass_start_ns + self._queued_ns
+            if now_ns - self._pass_end_ns < _CONTINUOUS_NS:
+                self._queued_ns = self._pass_length_ns
+            else:  # the front went idle: its queue had drained
+                self._queued_ns = self._long_passes = 0
+                self._saturated = False
+        waited = now_ns - self._pass_start_ns + self._queued_ns if self._saturated else 0
         if waited + self.pool.wait_ns() > self._budget_ns:
             raise Overloaded(
                 f"the server cannot start this request within its {self._budget_text} latency "
@@ -171,9 +180,12 @@ class InferCore:
 
     def _end_pass(self) -> None:
         now = time.perf_counter_ns()
-        self._pass_length_ns = now - self._pass_start_ns
+        self._pass_length_ns = length = now - self._pass_start_ns
         self._pass_end_ns = now
         self._pass_start_ns = 0
+        self._long_passes = self._long_passes + 1 if length > self._budget_ns else 0
+        if self._long_passes >= _SATURATED_PASSES:
+            self._saturated = True
 
     # ------------------------------------------------------------------ handling
 
