@@ -6,7 +6,6 @@ no 500). Fake worker sockets, no processes."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,32 +17,44 @@ from server.outputs import ROW_BYTES
 from server.pool import WorkerHandle, WorkerPool, WorkerState
 
 
-class FakeSocket:
-    def __init__(self) -> None:
+class FakeLink:
+    """A ``WorkerLink`` that keeps what it is sent."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
         self.sent: list[bytes] = []
 
     def send(self, frame: bytes) -> None:
         self.sent.append(frame)
 
+    def close(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+    def exited(self) -> bool:
+        return False
+
 
 def _worker(slot: int) -> WorkerHandle:
-    worker = WorkerHandle(slot=slot, process=SimpleNamespace(pid=100 + slot), sock=FakeSocket())
+    worker = WorkerHandle(slot=slot, link=FakeLink(100 + slot))
     worker.state = WorkerState.READY
     worker.model_versions = ("v", "v")
     return worker
 
 
 def _error_reply(req_id: int) -> bytes:
-    return protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0) + b"RuntimeError: boom"
+    return protocol.REPLY.pack(req_id, protocol.KIND_ERROR, 0, 0, 0, 0, 0) + b"RuntimeError: boom"
 
 
 def _ok_reply(req_id: int) -> bytes:
     outputs = np.full(ROW_BYTES // 4, 0.25, np.float32).tobytes()
-    return protocol.REPLY.pack(req_id, protocol.KIND_OK, 1, 1000) + b"\0" + outputs
+    return protocol.REPLY.pack(req_id, protocol.KIND_OK, 1, 1000, 0, 0, 0) + b"\0" + outputs
 
 
 def _sent_to(worker: WorkerHandle) -> int:
-    req_id, _, _ = protocol.REQUEST.unpack_from(worker.sock.sent[-1])
+    req_id, _, _ = protocol.REQUEST.unpack_from(worker.link.sent[-1])
     return req_id
 
 
@@ -54,10 +65,10 @@ def test_a_raising_worker_batch_is_retried_once_elsewhere(second_reply: str) -> 
         first, second = pool.active = [_worker(0), _worker(1)]
         fut = asyncio.get_running_loop().create_future()
         pool.submit(0, 1, bytes(4 * 420), [fut])
-        raising = first if first.sock.sent else second
+        raising = first if first.link.sent else second
         other = second if raising is first else first
         pool._on_frame(raising, _error_reply(_sent_to(raising)))
-        assert not fut.done() and other.sock.sent, "retried on the other worker"
+        assert not fut.done() and other.link.sent, "retried on the other worker"
         assert raising.in_flight == 0 and other.in_flight == 1
         reply = _ok_reply if second_reply == "ok" else _error_reply
         pool._on_frame(other, reply(_sent_to(other)))
@@ -82,6 +93,9 @@ class FakeInline:
         self.calls += 1
         return np.full((rows, ROW_BYTES // 4), 0.25, np.float32), np.ones(rows, bool)
 
+    def take_counts(self) -> tuple[int, int, int]:
+        return 0, 0, 0  # float32 only: no int8 rows, no guard fallbacks
+
 
 def test_with_no_other_worker_a_raising_batch_is_retried_in_the_front() -> None:
     async def scenario() -> None:
@@ -92,7 +106,7 @@ def test_with_no_other_worker_a_raising_batch_is_retried_in_the_front() -> None:
         fut = asyncio.get_running_loop().create_future()
         pool.submit(0, 1, bytes(4 * 420), [fut])
         pool._on_frame(only, _error_reply(_sent_to(only)))
-        assert len(only.sock.sent) == 1 and pool.inline[0].calls == 1
+        assert len(only.link.sent) == 1 and pool.inline[0].calls == 1
         outputs, version, _ = fut.result()
         assert version == "v" and len(outputs) == ROW_BYTES
 
@@ -106,7 +120,7 @@ def test_with_no_other_worker_nor_front_copy_a_raising_batch_is_a_503() -> None:
         fut = asyncio.get_running_loop().create_future()
         pool.submit(0, 1, bytes(4 * 420), [fut])
         pool._on_frame(only, _error_reply(_sent_to(only)))
-        assert len(only.sock.sent) == 1, "not sent back to the worker that raised"
+        assert len(only.link.sent) == 1, "not sent back to the worker that raised"
         assert isinstance(fut.exception(), WorkerFailed)
         assert fut.exception().status == 503
 
