@@ -4,21 +4,29 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: install serve test lint audit bench clean proto
+.PHONY: install install-dev serve test lint audit bench clean proto
 
+# The server alone (what `make serve` needs); the tests add their tools, the report's
+# matplotlib and the Ray extra, which a user of the plain server does not carry.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,report]'
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,report,ray]'
 	touch $@
 
 install: $(VENV)/.installed
 
+install-dev: $(VENV)/.installed-dev
+
 serve: install
 	$(PY) -m server $(ARGS)
 
-lint: install
+lint: install-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
@@ -27,14 +35,14 @@ test: lint
 
 # Known vulnerabilities of the installed runtime dependencies (.ci/audit.py says why not
 # pip-audit, and what it can and cannot audit here).
-audit: install
+audit: install-dev
 	$(PY) .ci/audit.py
 
-bench: install
+bench: install-dev
 	$(PY) -m benchmarks compare
 
 # The Open Inference Protocol's gRPC modules are committed; regenerate after editing the .proto.
-proto: install
+proto: install-dev
 	$(PY) -m pip install --quiet -c constraints.txt 'grpcio-tools>=1.81.1'
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
 		server/oip_proto/inference.proto

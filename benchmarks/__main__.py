@@ -1,4 +1,5 @@
-"""``python -m benchmarks inprocess|http|compare`` (see README, section Performance)."""
+"""``python -m benchmarks inprocess|http|compare|ray-paths|capacity`` (see README, sections
+Performance, Ray Serve and Capacity)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from benchmarks.bodies import Mode
+from benchmarks.capacity import add_capacity_arguments, cmd_capacity
 from benchmarks.httpbench import HttpSettings, plans, run_target
 from benchmarks.loadgen import pick_generator, wrk_path
 from benchmarks.results import RESULTS_DIR, busy_machine_warning, new_document, write_document
@@ -143,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _http_options(compare, duration=None)
 
+    paths = sub.add_parser(
+        "ray-paths", help="direct vs Ray Serve HTTP (default proxy, HAProxy) vs handle"
+    )
+    _common(paths)
+    paths.add_argument("--concurrency", type=_int_list, default=[1, 16])
+    paths.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+
+    front = sub.add_parser("front-cap", help="the front process's CPU share at full load")
+    _common(front)
+    front.add_argument("--workers", type=_int_list, default=[1, 2])
+    front.add_argument("--clients", type=int, default=64)
+    front.add_argument("--duration", type=float, default=5.0)
+    front.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+
+    capacity = sub.add_parser("capacity", help="replicas a target load needs, from results")
+    add_capacity_arguments(capacity)
+
     show = sub.add_parser("show", help="print a saved result's tables and bars again")
     show.add_argument("file", type=Path)
     show.add_argument("--markdown", action="store_true", help="Markdown tables (README)")
@@ -244,6 +263,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if document.get("failures") else 0
 
 
+def cmd_ray_paths(args: argparse.Namespace) -> int:
+    from benchmarks.raypaths import run_paths
+
+    document = new_document()
+    _warn_if_busy()
+    document["runs"] = run_paths(args.artifacts.resolve(), args.concurrency, args.duration)
+    print()
+    _print_runs(document)
+    print(f"\nwrote {write_document(document, args.out, 'ray-paths')}")
+    return 0
+
+
+def cmd_front_cap(args: argparse.Namespace) -> int:
+    from benchmarks.frontcap import measure_front
+
+    document = new_document(wrk_path())
+    generator = pick_generator(args.generator)
+    print(f"load generator: {generator}; {args.clients} clients, {args.duration:g} s")
+    _warn_if_busy()
+    document["front_cap"] = measure_front(
+        args.artifacts.resolve(), args.workers, args.clients, args.duration, generator
+    )
+    print(f"\nwrote {write_document(document, args.out, 'front-cap')}")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     document = orjson.loads(args.file.read_bytes())
     runs, pairs = document.get("runs", []), document.get("pairs", [])
@@ -264,6 +309,9 @@ COMMANDS = {
     "inprocess": cmd_inprocess,
     "http": cmd_http,
     "compare": cmd_compare,
+    "ray-paths": cmd_ray_paths,
+    "front-cap": cmd_front_cap,
+    "capacity": cmd_capacity,
     "show": cmd_show,
 }
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from monitoring import PROMETHEUS_CONTENT_TYPE
 from server.asgi_route import asgi_post, send_answer
 from server.codecs.base import JSON, retry_headers
+from server.codecs.oip import is_oip_path
 from server.codecs.oip_rest import error_body as oip_error_body
 from server.config import ServerConfig
 from server.errors import ApiError, NoHealthyWorker, error_body
@@ -112,20 +113,26 @@ def _lifespan(runtime: Runtime):
 
 
 def build_api(runtime: Runtime) -> FastAPI:
+    # No redirect of "/healthz/" to "/healthz": a 307 with an empty body is no answer the
+    # contract knows; a path that is not a route is a JSON 404.
     api = FastAPI(
-        title="policy inference server", lifespan=_lifespan(runtime), docs_url=None, redoc_url=None
+        title="policy inference server",
+        lifespan=_lifespan(runtime),
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
     )
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if request.url.path.startswith("/v2"):
+        if is_oip_path(request.url.path):
             return oip_error(exc.status_code, f"{exc.detail}: {request.url.path}")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        if request.url.path.startswith("/v2"):
+        if is_oip_path(request.url.path):
             return oip_error(400, str(exc.errors()))
         return _error(422, "invalid_request", str(exc.errors()))
 

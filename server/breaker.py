@@ -17,7 +17,7 @@ class BreakerState(enum.StrEnum):
 
 class CircuitBreaker:
     __slots__ = ("_clock", "_open_until", "_probing", "failures", "open_s", "opened", "state")
-    __slots__ += ("threshold",)
+    __slots__ += ("_last_cause", "threshold")
 
     def __init__(
         self, threshold: int, open_s: float, *, clock: Callable[[], float] = time.monotonic
@@ -31,6 +31,7 @@ class CircuitBreaker:
         self.opened = 0  # times the circuit opened
         self._open_until = 0.0
         self._probing = False
+        self._last_cause: object = None
 
     def allow(self) -> bool:
         """Whether a call may go through now (in half-open, only the one probe)."""
@@ -56,7 +57,14 @@ class CircuitBreaker:
         half-open circuit lets the next call probe instead."""
         self._probing = False
 
-    def failure(self) -> None:
+    def failure(self, cause: object = None) -> None:
+        """One failed call. ``cause``: its error, which every request of a failed batch
+        shares: a batch of 16 rows that timed out is one failure, not 16 (which would open
+        the circuit for everyone on a single stuck call)."""
+        if cause is not None:
+            if cause is self._last_cause:
+                return
+            self._last_cause = cause
         self.failures += 1
         half_open = self.state is BreakerState.HALF_OPEN
         if half_open or (self.threshold and self.failures >= self.threshold):

@@ -48,9 +48,9 @@ _NS_PER_US = 1000.0
 # with inline runs allowed on idle gaps alone, 24,400 with none (two A/B pairs).
 _IDLE_GAP_NS = 10_000
 _ONE_PEER_NS = 1_000_000
-_SATURATION_WINDOW_NS = 100_000_000
-_SATURATED_PASSES = 3
-_NEVER = 1 << 62
+# a pass that starts this soon after the previous one ended: the front was never idle
+_CONTINUOUS_NS = 50_000
+_SATURATED_PASSES = 2
 
 
 class Job:
@@ -103,10 +103,11 @@ class InferCore:
         self._budget_ns = int(config.latency_budget_ms * 1e6)  # 0: admission off
         self._budget_text = f"{config.latency_budget_ms:g} ms"
         self._pass_start_ns = 0
-        self._shedding = False
-        self._window_min_ns = _NEVER
-        self._window_passes = 0
-        self._window_end_ns = 0
+        self._pass_length_ns = 0
+        self._pass_end_ns = 0
+        self._queued_ns = 0  # what the requests of this pass waited before it began
+        self._long_passes = 0  # consecutive passes longer than the budget
+        self._saturated = False
         self.breakers = [
             CircuitBreaker(config.breaker_failures, config.breaker_open_s) for _ in MODEL_NAMES
         ]
@@ -152,38 +153,39 @@ class InferCore:
 
     def admit(self, now_ns: int) -> None:
         """Refuses (503 at once, before parsing) a request that cannot start within the
-        latency budget: a fast no under overload instead of a slow yes. Its wait is the
-        shortest worker queue, plus, while the front is saturated, the time it has already
-        waited in this event-loop pass behind the requests handled before it."""
+        latency budget: a fast no under overload instead of a slow yes. Its wait so far is
+        how long it has been queued in this event-loop pass behind the requests handled
+        before it, plus, when this pass followed the previous one without a pause (so the
+        request arrived while the front was busy), that pass's length; to come, the
+        shortest worker queue. The front's own waits count while it is saturated: from two
+        passes in a row longer than the budget until it next goes idle (so a single long
+        pass, a GC or the process descheduled on a shared machine, sheds nothing, and the
+        short passes of a front busy refusing do not end the shedding)."""
         if not self._budget_ns:
             return
-        lag = 0
         if self._pass_start_ns == 0:
             self._pass_start_ns = now_ns
             self._loop.call_soon(self._end_pass)
-        elif self._shedding:
-            lag = now_ns - self._pass_start_ns
-        if lag + self.pool.wait_ns() > self._budget_ns:
+            if now_ns - self._pass_end_ns < _CONTINUOUS_NS:
+                self._queued_ns = self._pass_length_ns
+            else:  # the front went idle: its queue had drained
+                self._queued_ns = self._long_passes = 0
+                self._saturated = False
+        waited = now_ns - self._pass_start_ns + self._queued_ns if self._saturated else 0
+        if waited + self.pool.wait_ns() > self._budget_ns:
             raise Overloaded(
                 f"the server cannot start this request within its {self._budget_text} latency "
                 "budget; retry after the Retry-After delay"
             )
 
     def _end_pass(self) -> None:
-        """The front is saturated when every pass of the last window (100 ms, at least
-        three passes) took the budget or longer: one long pass (a GC, a descheduled
-        process, a few large batch requests) sheds nothing."""
         now = time.perf_counter_ns()
-        self._window_min_ns = min(self._window_min_ns, now - self._pass_start_ns)
-        self._window_passes += 1
+        self._pass_length_ns = length = now - self._pass_start_ns
+        self._pass_end_ns = now
         self._pass_start_ns = 0
-        if now >= self._window_end_ns:
-            self._shedding = (
-                self._window_passes >= _SATURATED_PASSES and self._window_min_ns >= self._budget_ns
-            )
-            self._window_min_ns = _NEVER
-            self._window_passes = 0
-            self._window_end_ns = now + _SATURATION_WINDOW_NS
+        self._long_passes = self._long_passes + 1 if length > self._budget_ns else 0
+        if self._long_passes >= _SATURATED_PASSES:
+            self._saturated = True
 
     # ------------------------------------------------------------------ handling
 
@@ -381,7 +383,7 @@ def _count(breaker: CircuitBreaker, error: ApiError) -> None:
     """Failures of the model's calls count against its circuit; a refusal does not (a 503
     for overload or a lost worker says nothing about the model)."""
     if isinstance(error, WorkerFailed | InferenceTimeout):
-        breaker.failure()
+        breaker.failure(error)
     elif isinstance(error, NonFiniteOutput):  # the model answered, for this input
         breaker.success()
     else:

@@ -114,5 +114,9 @@ class InternalError(ApiError):
 
 
 class WorkerFailed(ApiError):
-    status = 500
+    """The runtime raised, on another worker too. The contract has no 500: a call that
+    failed is a 503 to retry, like any other moment without a worker able to serve."""
+
+    status = 503
     code = "inference_failed"
+    retry_after_s = 1

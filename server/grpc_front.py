@@ -11,6 +11,7 @@ import grpc
 from server.codecs.oip_grpc import InferenceServicer
 from server.config import ServerConfig
 from server.core import InferCore
+from server.grpc_decode import RefuseUndecodable
 from server.oip_proto import inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger("server.grpc")
@@ -23,11 +24,12 @@ class GrpcFront:
         # A message over the HTTP body limit is refused by grpc itself (RESOURCE_EXHAUSTED).
         limit = config.max_body_bytes
         self._server = grpc.aio.server(
+            interceptors=[RefuseUndecodable()],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", max(limit, 4 * 1024 * 1024)),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         servicer = InferenceServicer(core, runtime, config.max_request_batch)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)

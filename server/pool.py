@@ -64,6 +64,7 @@ class Pending:
     futures: list[asyncio.Future]
     attempts: int = 0
     timer: asyncio.TimerHandle | None = None
+    sent_ns: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -135,9 +136,10 @@ class WorkerPool:
         self._inline_when_idle = config.inline_when_idle
         # per model: rows run on int8, rows its range and margin guards sent to float32
         self.int8_counts = [[0, 0, 0] for _ in MODEL_NAMES]
-        # worker-measured time of one batch (EWMA): with each worker's queue of batches, what
-        # a new row waits before it starts
-        self.batch_ns = 50_000.0
+        # how long a batch took from dispatch to answer, recently (EWMA): waiting behind
+        # others, the hop, CPU contention and the model; what a new batch should expect
+        # while the workers have a queue
+        self.sojourn_ns = 0.0
         self._limit = config.max_inflight_per_worker
         self._background: set[asyncio.Task] = set()
         # No worker processes (``--workers`` below ``--fronts``): this front runs every row
@@ -307,6 +309,7 @@ class WorkerPool:
             return self._fail(pending, self._unavailable_error())
         worker.pending[pending.req_id] = pending
         worker.in_flight += pending.rows
+        pending.sent_ns = time.perf_counter_ns()
         pending.timer = asyncio.get_running_loop().call_later(
             self._timeout_s, self._expire, worker, pending
         )
@@ -378,15 +381,22 @@ class WorkerPool:
             pending.timer.cancel()
         worker.in_flight -= pending.rows
         if kind == protocol.KIND_ERROR:
-            message = frame[protocol.REPLY.size :].decode(errors="replace")
-            self._fail(pending, WorkerFailed(f"inference failed: {message}"))
+            if pending.attempts == 0 and self._eligible(pending.rows, worker):
+                pending.attempts = 1  # inference is idempotent: another worker may serve it
+                self._dispatch(pending, exclude=worker)
+            elif pending.attempts == 0 and self.inline is not None:
+                pending.attempts = 1  # no other worker can take it now: the front's copy
+                self._run_in_front(pending)
+            else:
+                message = frame[protocol.REPLY.size :].decode(errors="replace")
+                self._fail(pending, WorkerFailed(f"inference failed: {message}; retry"))
         else:
             worker.served += pending.rows
             self._resolve(pending, frame, worker.model_versions[pending.model_idx], elapsed_ns)
             if int8_rows:
                 self._count_int8(pending.model_idx, (int8_rows, by_range, by_margin))
             self._on_batch(MODEL_NAMES[pending.model_idx], rows, elapsed_ns / 1000.0, worker.pid)
-            self.batch_ns += (elapsed_ns - self.batch_ns) * 0.05
+            self.sojourn_ns += (time.perf_counter_ns() - pending.sent_ns - self.sojourn_ns) * 0.05
         if worker.state is WorkerState.DRAINING and not worker.pending:
             self._retire(worker)
 
@@ -512,13 +522,12 @@ class WorkerPool:
         return any(w.state is WorkerState.READY for w in self.active)
 
     def wait_ns(self) -> float:
-        """How long a new batch would wait before a worker starts it: the shortest queue of
-        batches among the ready workers, at the recent time per batch."""
-        shortest = -1
+        """How long a new batch would wait for its answer: nothing while some ready worker
+        has no batch, else what batches took recently from dispatch to answer."""
         for w in self.active:
-            if w.state is WorkerState.READY and (shortest < 0 or len(w.pending) < shortest):
-                shortest = len(w.pending)
-        return max(shortest, 0) * self.batch_ns
+            if w.state is WorkerState.READY and not w.pending:
+                return 0.0
+        return self.sojourn_ns
 
     def snapshot(self) -> list[WorkerSnapshot]:
         if self.inline_only:

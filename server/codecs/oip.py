@@ -45,6 +45,12 @@ class BadTensor(InvalidObservation):
     """An invalid inference request (every one is a 400 in this protocol)."""
 
 
+def is_oip_path(path: str) -> bool:
+    """``/v2`` and the paths under it answer errors in this protocol's shape; ``/v2x`` is
+    not one of them."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def model_index(name: str, version: str, served: Sequence[str]) -> int:
     """The model's index; ``version`` empty or the served one, else a 404."""
     idx = MODEL_INDEX.get(name)
@@ -115,8 +121,14 @@ def rows_from_json(spec: ModelSpec, batch: int, data: Any) -> list[bytes]:
     if type(data) is not list:
         raise BadTensor(f'input {INPUT!r} needs "data": a list of {count} numbers')
     flat = data
-    while flat and type(flat[0]) is list:
-        flat = list(itertools.chain.from_iterable(flat))
+    try:
+        while flat and type(flat[0]) is list:
+            flat = list(itertools.chain.from_iterable(flat))
+    except TypeError:  # a list beside a number at one level, e.g. [[1, 2], 3]
+        raise BadTensor(
+            f'input {INPUT!r} has "data" of uneven depth; send a flat list of {count} numbers '
+            "or lists nested to the same depth"
+        ) from None
     if len(flat) != count:
         raise BadTensor(
             f"input {INPUT!r} holds {len(flat)} values; shape [{batch}, {spec.rows}, "
@@ -148,7 +160,7 @@ def output_arrays(outputs: list[bytes]) -> dict[str, np.ndarray]:
 
 def check_outputs(names: list[str]) -> None:
     for name in names:
-        if name not in OUTPUTS:
+        if type(name) is not str or name not in OUTPUTS:
             raise BadTensor(f"unknown output {name!r}; the outputs are {', '.join(OUTPUTS)}")
 
 

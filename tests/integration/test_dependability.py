@@ -27,8 +27,9 @@ def body(i: int) -> dict:
 
 
 def test_stuck_model_opens_its_circuit_then_a_probe_closes_it(artifacts_dir: Path) -> None:
+    # one row per call: the two requests are two failed calls (a batch fails once)
     args = ["--request-timeout-s", "0.3", "--breaker-failures", "2", "--breaker-open-s", "1",
-            "--no-inline-when-idle"]  # fmt: skip
+            "--no-inline-when-idle", "--max-batch-size", "1"]  # fmt: skip
     with start_server(artifacts_dir, workers=1, args=args) as server:
         (worker,) = server.worker_pids()
         os.kill(worker, signal.SIGSTOP)

@@ -11,7 +11,7 @@ import orjson
 
 from tests.support import ROOT
 
-HEAVY = ("scipy", "matplotlib", "torch")
+HEAVY = ("scipy", "matplotlib", "torch", "ray")  # ray: only python -m server.ray imports it
 
 # Imports what the front and a worker import, then drives the monitor through everything it
 # does while serving (recording, ticks, the regression check, /stats, /metrics), and prints
@@ -75,4 +75,5 @@ def test_runtime_dependencies_hold_only_what_serving_or_optimizing_use() -> None
     assert runtime.isdisjoint({"hdrhistogram", "prometheus-client", "scipy", "matplotlib"})
     assert "matplotlib" in _requirement_names(extras["report"])
     assert {"prometheus-client", "scipy"} <= _requirement_names(extras["dev"])
-    assert "'.[dev,report]'" in (ROOT / "Makefile").read_text(), "make test installs both"
+    assert "ray" in _requirement_names(extras["ray"])
+    assert "'.[dev,report,ray]'" in (ROOT / "Makefile").read_text(), "make test installs all"
