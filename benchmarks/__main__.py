@@ -97,6 +97,12 @@ def _http_options(parser: argparse.ArgumentParser, duration: float | None) -> No
         help="our server's --workers (default: the server's own default)",
     )
     parser.add_argument(
+        "--fronts",
+        type=int,
+        default=None,
+        help="our server's --fronts (default: the server's own default, 1)",
+    )
+    parser.add_argument(
         "--cache-size",
         type=int,
         default=None,
@@ -177,7 +183,10 @@ def _settings(args: argparse.Namespace, quick: bool = False) -> HttpSettings:
 
 def _launch(args: argparse.Namespace) -> LaunchOptions:
     return LaunchOptions(
-        artifacts=args.artifacts.resolve(), workers=args.workers, cache_size=args.cache_size
+        artifacts=args.artifacts.resolve(),
+        workers=args.workers,
+        cache_size=args.cache_size,
+        fronts=args.fronts,
     )
 
 

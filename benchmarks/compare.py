@@ -20,7 +20,7 @@ from benchmarks.targets import LaunchOptions, Target, server_available
 COLD, WARM = Mode.COLD, Mode.WARM
 
 QUICK_PLAN: dict[Target, tuple[RunPlan, ...]] = {
-    Target.RAW_FLOOR: (RunPlan(COLD, 1), RunPlan(WARM, 1)),
+    Target.RAW_FLOOR: (RunPlan(COLD, 1), RunPlan(WARM, 1), RunPlan(COLD, 16)),
     Target.TUNED_ORT: (RunPlan(COLD, 16),),
     Target.PLAIN_FASTAPI: (RunPlan(COLD, 16),),
     Target.OURS: (RunPlan(COLD, 1), RunPlan(COLD, 64), RunPlan(WARM, 1), RunPlan(COLD, 16)),

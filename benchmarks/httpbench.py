@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 from benchmarks.bodies import Mode, make_bodies
 from benchmarks.loadgen import Generator, LoadResult, run_load, run_python, wrk_seconds
-from benchmarks.procs import ServerProcess, system_busy_seconds
+from benchmarks.procs import LOOPBACK, ServerProcess, system_busy_seconds
 from benchmarks.targets import LaunchOptions, Target, server_process
 
 MODEL = "tactical"  # the baselines serve this one; ours serves both
@@ -118,7 +121,43 @@ def measure(
     )
     server_cpu = server.cpu_seconds() - cpu_before
     other = system_busy_seconds() - busy_before - server_cpu - result.loadgen_cpu_s
-    return run_record(target, plan, _effective_duration(settings), result, server_cpu, other)
+    record = run_record(target, plan, _effective_duration(settings), result, server_cpu, other)
+    if target.is_ours:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            record["server"] = server_view(server.port)
+    return record
+
+
+STAGES = ("parse", "cache", "queue", "inference", "total")
+
+
+def server_view(port: int) -> dict:
+    """What our server says of the tactical requests of its /stats window (60 s: on a fresh
+    server, the run just measured and its warm-up): p50, p99 and mean per stage, "respond"
+    as the mean left after the others (rendering, writing, recording), and the optimizer's
+    batch-1 p50 for the served artifact (/models)."""
+    window = _get_json(port, "/stats")["models"][MODEL]["window"]["latency_us"]
+    stages = {
+        stage: {k: window[stage][k] for k in ("count", "p50", "p99", "mean")} for stage in STAGES
+    }
+    means = [stages[stage]["mean"] or 0.0 for stage in STAGES[:-1]]
+    total_mean = stages["total"]["mean"]
+    respond = None if total_mean is None else round(total_mean - sum(means), 3)
+    models = _get_json(port, "/models")
+    return {
+        "stages_us": stages,
+        "respond_mean_us": respond,
+        "optimizer_p50_us": models[MODEL]["latency_us"]["p50"],
+    }
+
+
+def _get_json(port: int, path: str) -> dict:
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        connection.request("GET", path)
+        return orjson.loads(connection.getresponse().read())
+    finally:
+        connection.close()
 
 
 def is_noisy(record: dict, settings: HttpSettings, cores: int) -> bool:

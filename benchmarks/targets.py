@@ -33,6 +33,7 @@ class LaunchOptions:
     artifacts: Path
     workers: int | None = None  # None: the server's own default
     cache_size: int | None = None  # None: the server's own default; 0 turns the cache off
+    fronts: int | None = None  # None: the server's own default (1)
 
 
 def server_available() -> bool:
@@ -63,6 +64,8 @@ def command(target: Target, port: int, options: LaunchOptions) -> list[str]:
     ]
     if options.workers is not None:
         argv += ["--workers", str(options.workers)]
+    if options.fronts is not None:
+        argv += ["--fronts", str(options.fronts)]
     if options.cache_size is not None:
         argv += ["--cache-size", str(options.cache_size)]
     if target is Target.OURS_NO_MONITORING:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from monitoring.config import PROTOCOLS, STAGES, WorkerSnapshot
 from monitoring.prom import TextBuilder
+from monitoring.series import Aggregate, ModelSeries
 
 if TYPE_CHECKING:
     from monitoring.monitor import Monitor
@@ -16,10 +17,7 @@ def render(monitor: Monitor, out: TextBuilder) -> bytes:
     now = monitor.now()
     # one series per (model, protocol): each request is in exactly one of them
     series_totals = monitor.series_totals(now)
-    per_protocol = [
-        ({"model": series.name, "protocol": PROTOCOLS[series.protocol]}, total)
-        for series, total in series_totals
-    ]
+    per_protocol = _per_protocol(series_totals)
     totals = list(monitor.model_totals(now, series_totals).items())
 
     name = out.family(
@@ -64,6 +62,31 @@ def render(monitor: Monitor, out: TextBuilder) -> bytes:
     name = out.family("monitor_uptime_seconds", "gauge", "Seconds since the monitor started.")
     out.sample(name, {}, round(monitor.uptime_s(), 3))
     return out.render()
+
+
+def _per_protocol(
+    series_totals: list[tuple[ModelSeries, Aggregate]],
+) -> list[tuple[dict[str, str], Aggregate]]:
+    """Labels and totals per (model, protocol): other processes' series of the same pair
+    (several fronts) are added up, so each pair is one sample."""
+    grouped: dict[tuple[str, int], Aggregate] = {}
+    for series, total in series_totals:
+        key = (series.name, series.protocol)
+        if key in grouped:
+            grouped[key] = _sum(grouped[key], total)
+        else:
+            grouped[key] = total
+    return [
+        ({"model": name, "protocol": PROTOCOLS[protocol]}, total)
+        for (name, protocol), total in grouped.items()
+    ]
+
+
+def _sum(a: Aggregate, b: Aggregate) -> Aggregate:
+    out = Aggregate()
+    out.add(a)
+    out.add(b)
+    return out
 
 
 def _alerts(monitor: Monitor, out: TextBuilder) -> None:

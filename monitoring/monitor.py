@@ -40,6 +40,7 @@ from monitoring.series import (
     Aggregate,
     ModelSeries,
 )
+from monitoring.shared import FrozenState, export
 from monitoring.webhook import WebhookSink
 
 log = logging.getLogger("monitoring")
@@ -91,6 +92,10 @@ class Monitor:
         self._served_base: dict[int, int] = {}  # worker index -> served by earlier pids
         self._served_last: dict[int, tuple[int, int]] = {}  # worker index -> (pid, served)
         self._worker_events: Counter[str] = Counter()
+        # other processes' counts added to the views: this front's earlier lives (kept and
+        # exported again) and the other fronts (replaced at each set_peers)
+        self._inherited: list[ModelSeries] = []
+        self._peers: list[FrozenState] = []
         self._regression: dict[str, dict[str, Any]] = {}
         self._reference: dict[str, np.ndarray] = {}
         self._last_regression_check = now
@@ -404,8 +409,8 @@ class Monitor:
             "overall": {"window": _summary(overall_window), "since_start": _summary(overall_total)},
             "protocols": protocols,
             "queue_depth": dict(self._queue_depth),
-            "workers": self._worker_rows(),
-            "worker_events": dict(self._worker_events),
+            "workers": self._worker_rows() + [row for peer in self._peers for row in peer.rows],
+            "worker_events": self.worker_events,
             "histogram_us": coarse(overall_total.segment("total")),
             "timeline": list(self._timeline),
             "alerts": self._alerts.states(),
@@ -432,13 +437,11 @@ class Monitor:
         return self._alerts.snapshot()
 
     def worker_inference_histograms(self) -> dict[int, Histogram]:
-        """Per worker index: batch inference time since start (restarted processes merged)."""
-        merged: dict[int, Histogram] = {}
-        for index, histogram in self._retired_hist.items():
-            merged[index] = Histogram().merge(histogram)
-        for pid, histogram in self._worker_hist.items():
-            index = self._pid_index.get(pid)
-            if index is not None:
+        """Per worker index: batch inference time since start (restarted processes merged),
+        the peers' included."""
+        merged = self.own_worker_histograms()
+        for peer in self._peers:
+            for index, histogram in peer.histograms.items():
                 merged.setdefault(index, Histogram()).merge(histogram)
         return merged
 
@@ -459,7 +462,8 @@ class Monitor:
     def _history_record(self, now: float) -> dict[str, Any]:
         """What happened since the previous snapshot (counts per interval, not cumulative)."""
         interval_s, self._last_history = now - self._last_history, now
-        series_totals = self.series_totals(now)
+        # this process's own counts: each process writes its own history
+        series_totals = [(series, series.total(now)) for series in self._own_series()]
         models: dict[str, Any] = {}
         for name, total in self.model_totals(now, series_totals).items():
             interval = self._since_last_record(("model", name), total)
@@ -506,13 +510,70 @@ class Monitor:
     # ------------------------------------------------------------------ for the exposition
 
     def series(self) -> Iterable[ModelSeries]:
-        """Every series: one per model name and protocol that recorded something."""
+        """Every series: one per model name and protocol that recorded something, and those
+        of the other processes added in (``inherit``, ``set_peers``)."""
+        yield from self._own_series()
+        yield from self._inherited
+        for peer in self._peers:
+            yield from peer.series
+
+    def _own_series(self) -> Iterable[ModelSeries]:
         for table in self._tables:
             yield from table.values()
 
+    # ------------------------------------------------------------------ several processes
+
+    def export_state(self) -> dict[str, Any]:
+        """This process's counts (and its inherited ones) as a JSON-able document, for
+        another process's ``set_peers`` or this process's next life's ``inherit``."""
+        return export(self, [*self._own_series(), *self._inherited])
+
+    def inherit(self, doc: dict[str, Any]) -> None:
+        """Counts of an earlier life of this process (a restarted front): kept in every view
+        and exported again, so a restart neither resets nor double-counts them."""
+        state = FrozenState(doc, self._max_slices)
+        self._inherited.extend(state.series)
+        # its workers died with it; new ones take the same slots and count on from there
+        for index, served in state.served.items():
+            self._served_base[index] = self._served_base.get(index, 0) + served
+        for index, histogram in state.histograms.items():
+            self._retired_hist.setdefault(index, Histogram()).merge(histogram)
+        self._worker_events.update(state.events)
+
+    def set_peers(self, docs: Iterable[dict[str, Any]]) -> None:
+        """The other processes' latest exports, added to the views until the next call."""
+        self._peers = [FrozenState(doc, self._max_slices) for doc in docs]
+
+    def own_requests(self) -> int:
+        """Requests answered by this process, its earlier lives included."""
+        return sum(sum(s.status.values()) for s in (*self._own_series(), *self._inherited))
+
+    def own_served(self) -> dict[int, int]:
+        """Per worker slot of this process: served across its restarts."""
+        slots = self._served_base.keys() | self._served_last.keys()
+        return {index: self._own_served_total(index) for index in slots}
+
+    def own_workers(self) -> tuple[list[dict[str, Any]], list[WorkerSnapshot]]:
+        """This process's rows of /stats ``workers``, and its snapshots."""
+        return self._worker_rows(), list(self._workers)
+
+    def own_worker_histograms(self) -> dict[int, Histogram]:
+        merged: dict[int, Histogram] = {}
+        for index, histogram in self._retired_hist.items():
+            merged[index] = Histogram().merge(histogram)
+        for pid, histogram in self._worker_hist.items():
+            index = self._pid_index.get(pid)
+            if index is not None:
+                merged.setdefault(index, Histogram()).merge(histogram)
+        return merged
+
+    def own_worker_events(self) -> dict[str, int]:
+        return dict(self._worker_events)
+
     @property
     def workers(self) -> list[WorkerSnapshot]:
-        return list(self._workers)
+        """This process's workers, then the peers'."""
+        return list(self._workers) + [w for peer in self._peers for w in peer.workers]
 
     @property
     def queue_depth(self) -> dict[str, int]:
@@ -520,9 +581,18 @@ class Monitor:
 
     @property
     def worker_events(self) -> dict[str, int]:
-        return dict(self._worker_events)
+        events = Counter(self._worker_events)
+        for peer in self._peers:
+            events.update(peer.events)
+        return dict(events)
 
     def served_total(self, index: int) -> int:
+        for peer in self._peers:
+            if index in peer.served:
+                return peer.served[index]
+        return self._own_served_total(index)
+
+    def _own_served_total(self, index: int) -> int:
         pid_served = self._served_last.get(index, (0, 0))[1]
         return self._served_base.get(index, 0) + pid_served
 

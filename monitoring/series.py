@@ -89,6 +89,7 @@ class ModelSeries:
         "pending",
         "protocol",
         "ring",
+        "running_window",
         "since_start",
         "since_start_max",
         "started",
@@ -121,6 +122,7 @@ class ModelSeries:
         self.since_start = np.zeros(SLOTS, dtype=np.int64)
         self.since_start_max: list[float] = [0.0] * N_SEGMENTS
         self.total_batches: Counter[int] = Counter()
+        self.running_window: object = None  # monitoring.shared's, for exports
 
     def flush(self) -> None:
         """Buckets the pending stage times into the current slice. A stage time of 0 means
@@ -163,7 +165,7 @@ class ModelSeries:
         self.cur_cached = 0
         maxes, self.cur_max = self.cur_max, [0.0] * N_SEGMENTS
         batches, self.cur_batches = self.cur_batches, {}
-        status_delta = self._status_since_rotation()
+        status_delta = self.status_since_rotation()
         self.status_at_rotation = dict(self.status)
         index, count = sparse(counts)
         piece = Slice(start, end, index, count, maxes, status_delta, batches)
@@ -210,10 +212,10 @@ class ModelSeries:
     def _add_current(self, agg: Aggregate) -> None:
         agg.counts += self.current_counts()
         agg.max_us = [max(a, b) for a, b in zip(agg.max_us, self.cur_max, strict=True)]
-        agg.status.update(self._status_since_rotation())
+        agg.status.update(self.status_since_rotation())
         agg.batches.update(self.cur_batches)
 
-    def _status_since_rotation(self) -> dict[int, int]:
+    def status_since_rotation(self) -> dict[int, int]:
         """Answers per status in the slice being recorded (non-zero entries only)."""
         before = self.status_at_rotation
         return {

@@ -13,6 +13,7 @@ from server.app import create_app
 from server.auth import ApiKeys, startup_warnings
 from server.config import ConfigError, ServerConfig, load_config
 from server.fastlane import http_protocol
+from server.fronts import reuseport_socket
 
 
 def ensure_artifacts(config: ServerConfig) -> None:
@@ -39,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    for warning in startup_warnings(config, keys, sys.argv[1:] if argv is None else argv):
-        logging.getLogger("server").warning(warning)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if config.front_slot is None:  # a supervisor's fronts leave the warnings to it
+        for warning in startup_warnings(config, keys, args):
+            logging.getLogger("server").warning(warning)
     try:
         ensure_artifacts(config)
     except subprocess.CalledProcessError as exc:
@@ -51,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"cannot serve {config.artifacts_dir}: {exc}", file=sys.stderr)
         return 3
+    if config.fronts > 1 and config.front_slot is None:
+        from server.supervisor import supervise
+
+        return supervise(config, args)
     app = create_app(config)
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
+    settings = dict(
         loop="uvloop",
         http=http_protocol(app.runtime) if config.fast_lane else "httptools",
         proxy_headers=False,
@@ -66,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
         date_header=True,
     )
+    if config.front_slot is None:
+        uvicorn.run(app, host=config.host, port=config.port, **settings)
+    else:  # one of several fronts: its own socket on the shared port
+        sock = reuseport_socket(config.host, config.port)
+        uvicorn.Server(uvicorn.Config(app, **settings)).run(sockets=[sock])
     return 0
 
 

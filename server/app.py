@@ -163,16 +163,10 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
     async def stats() -> Response:
         if runtime.monitor is None:
             return _starting()
+        peers = runtime.peer_fronts()
         data = runtime.monitor.stats(runtime.workers())
-        cache = runtime.cache
-        data["cache"] = {
-            "enabled": cache.enabled,
-            "entries": len(cache),
-            "hits": cache.hits,
-            "misses": cache.misses,
-            "coalesced": cache.coalesced,
-            "hit_rate": cache.hit_rate,
-        }
+        data["cache"] = _cache_stats(runtime, peers)
+        data["fronts"] = [runtime.front_info()] + [doc["front"] for doc in peers]
         if runtime.core is not None:
             data["circuit_breakers"] = {
                 name: b.snapshot()
@@ -194,6 +188,7 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
     async def metrics() -> Response:
         if runtime.monitor is None:
             return _starting()
+        runtime.peer_fronts()
         body = runtime.monitor.prometheus_text(runtime.workers())
         if runtime.core is not None:
             body += breaker_metrics(MODEL_NAMES, runtime.core.breakers)
@@ -218,6 +213,23 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
             log.warning("reload refused: %s", exc)
             return _error(409, "reload_refused", str(exc))
         return JSONResponse({"status": "reloaded", "versions": versions})
+
+
+def _cache_stats(runtime: Runtime, peers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The caches of every front, added up (each front has its own)."""
+    counts = runtime.cache_counts()
+    entries = len(runtime.cache)
+    for doc in peers:
+        entries += doc["cache_entries"]
+        for key, n in doc["cache_counts"].items():
+            counts[key] += n
+    looked_up = counts["hits"] + counts["misses"]
+    return {
+        "enabled": runtime.cache.enabled,
+        "entries": entries,
+        **counts,
+        "hit_rate": counts["hits"] / looked_up if looked_up else 0.0,
+    }
 
 
 async def _reload_logged(runtime: Runtime) -> None:

@@ -34,6 +34,11 @@ class ServerConfig:
     grpc_port: int | None = None
     artifacts_dir: Path = Path("artifacts")
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    fronts: int = 1
+    # Set by the supervisor of several fronts for each front it starts (not for operators):
+    # which front this process is, and where the fronts share their statistics.
+    front_slot: int | None = None
+    front_state_dir: Path | None = None
     balancer: BalancerStrategy = BalancerStrategy.LEAST_LOADED
     cache_size: int = 100_000
     cache_ttl_s: float = 3600.0
@@ -72,6 +77,19 @@ class ServerConfig:
     def __post_init__(self) -> None:
         _validate(self)
 
+    @property
+    def front_workers(self) -> int:
+        """Inference workers of this front: ``workers`` split among the fronts, the first
+        ones taking one more when it does not divide. 0: the front runs every row itself."""
+        slot = self.front_slot or 0
+        return self.workers // self.fronts + (1 if slot < self.workers % self.fronts else 0)
+
+    @property
+    def worker_slot_base(self) -> int:
+        """The first worker slot of this front: slots are numbered across all fronts."""
+        slot = self.front_slot or 0
+        return slot * (self.workers // self.fronts) + min(slot, self.workers % self.fronts)
+
     def weights_for(self, model: str) -> tuple[float, ...] | None:
         return dict(self.agent_weights).get(model)
 
@@ -105,7 +123,15 @@ def _validate(c: ServerConfig) -> None:
         f"grpc_port {c.grpc_port} is out of range; write a port from 0 to 65535, or leave it "
         "out to serve no gRPC",
     )
-    _check(1 <= c.workers <= 64, f"workers={c.workers}; write a count from 1 to 64")
+    _check(
+        0 <= c.workers <= 64,
+        f"workers={c.workers}; write a count from 0 (each front runs every row itself) to 64",
+    )
+    _check(1 <= c.fronts <= 64, f"fronts={c.fronts}; write a count from 1 to 64")
+    _check(
+        c.front_slot is None or 0 <= c.front_slot < c.fronts,
+        f"front_slot={c.front_slot}; the supervisor numbers fronts from 0 to fronts - 1",
+    )
     _check(c.cache_size >= 0, f"cache_size={c.cache_size}; write 0 to turn the cache off")
     _check(c.cache_ttl_s >= 0, f"cache_ttl_s={c.cache_ttl_s}; write a TTL in seconds >= 0")
     _check(
@@ -198,11 +224,11 @@ def _converter(name: str, default: Any) -> Any:
         return _parse_weights
     if name == "balancer":
         return BalancerStrategy
-    if name in {"artifacts_dir", "history_dir", "api_key_file"}:
+    if name in {"artifacts_dir", "history_dir", "api_key_file", "front_state_dir"}:
         return Path
     if name in {"api_key", "admin_api_key", "alert_webhook_url"}:
         return str
-    if name == "grpc_port":
+    if name in {"grpc_port", "front_slot"}:
         return int
     if name == "api_keys":
         return _parse_keys
@@ -283,8 +309,9 @@ def config_from_json_dict(data: Mapping[str, Any]) -> ServerConfig:
     """The worker's copy of the config, as the front serialised it."""
     values = dict(data)
     values["artifacts_dir"] = Path(values["artifacts_dir"])
-    if values.get("history_dir"):
-        values["history_dir"] = Path(values["history_dir"])
+    for name in ("history_dir", "front_state_dir"):
+        if values.get(name):
+            values[name] = Path(values[name])
     values["balancer"] = BalancerStrategy(values["balancer"])
     values["agent_weights"] = tuple((m, tuple(w)) for m, w in values["agent_weights"])
     values["api_keys"] = tuple(values.get("api_keys", ()))

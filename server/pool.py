@@ -142,6 +142,11 @@ class WorkerPool:
         self.sojourn_ns = 0.0
         self._limit = config.max_inflight_per_worker
         self._background: set[asyncio.Task] = set()
+        # No worker processes (``--workers`` below ``--fronts``): this front runs every row
+        # on its own copy, and counts it as a worker of its own in the statistics.
+        self.inline_only = config.front_workers == 0
+        self._slot_base = config.worker_slot_base
+        self._inline_served = 0
 
     # ---------------------------------------------------------------- life cycle
 
@@ -149,16 +154,22 @@ class WorkerPool:
         await self._serve(await self._start_generation())
 
     async def _serve(self, fresh: list[WorkerHandle]) -> None:
-        """Makes ``fresh`` the generation that serves, with the versions it loaded."""
-        versions = dict(fresh[0].versions)
-        inline = await self._load_inline(versions)
+        """Makes ``fresh`` the generation that serves, with the versions it loaded (with no
+        workers, the versions the front's own copy loaded)."""
+        inline = await self._load_inline(dict(fresh[0].versions) if fresh else None)
+        if fresh:
+            versions = dict(fresh[0].versions)
+        elif inline is None:
+            raise StartFailed("the front's own copy of the models did not load")
+        else:
+            versions = {ep.spec.name: ep.served.version for ep in inline}
         self.active = fresh
         self.versions = versions
-        self.model_versions = fresh[0].model_versions
-        self.key_prefixes = tuple(key_prefix(i, v) for i, v in enumerate(fresh[0].model_versions))
+        self.model_versions = tuple(versions[m] for m in MODEL_NAMES)
+        self.key_prefixes = tuple(key_prefix(i, v) for i, v in enumerate(self.model_versions))
         self.inline = inline
 
-    async def _load_inline(self, versions: dict[str, str]) -> list | None:
+    async def _load_inline(self, versions: dict[str, str] | None) -> list | None:
         """The front's own copy of the models: for a lone request while every worker is idle
         (at low load the hop to a worker, two wake-ups and cold caches, costs several times
         the model itself), and for every request while no worker is ready (a crash, until
@@ -170,13 +181,14 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         endpoints = await loop.run_in_executor(None, load, self.config)
         loaded = {ep.spec.name: ep.served.version for ep in endpoints}
-        if loaded != versions:
+        if versions is not None and loaded != versions:
             log.warning("front loaded %s but workers serve %s; inline lane off", loaded, versions)
             return None
         return sorted(endpoints, key=lambda ep: MODEL_INDEX[ep.spec.name])
 
     async def _start_generation(self) -> list[WorkerHandle]:
-        workers = [self._spawn(slot) for slot in range(self.config.workers)]
+        base = self._slot_base
+        workers = [self._spawn(base + i) for i in range(self.config.front_workers)]
         results = await asyncio.gather(
             *(self._await_ready(w) for w in workers), return_exceptions=True
         )
@@ -186,7 +198,7 @@ class WorkerPool:
                 self._kill(w)
             raise StartFailed(str(failures[0]))
         versions = {tuple(sorted(w.versions.items())) for w in workers}
-        if len(versions) != 1:
+        if len(versions) > 1:
             for w in workers:
                 self._kill(w)
             raise StartFailed(f"workers loaded different artifacts: {versions}")
@@ -241,8 +253,13 @@ class WorkerPool:
         self._dispatch(Pending(req_id, model_idx, rows, frame, futures), exclude=None)
 
     def idle(self) -> bool:
-        """Every worker ready and without work: the inline lane may take a lone row."""
-        if self.inline is None or not self._inline_when_idle:
+        """Every worker ready and without work: the inline lane may take a lone row (with no
+        workers: always)."""
+        if self.inline is None:
+            return False
+        if self.inline_only:
+            return True
+        if not self._inline_when_idle:
             return False
         for w in self.active:  # noqa: SIM110 - no generator on the hot path
             if w.in_flight or w.state is not WorkerState.READY:
@@ -254,14 +271,15 @@ class WorkerPool:
         assert self.inline is not None
         start = time.perf_counter_ns()
         try:
-            out, finite = self.inline[model_idx].infer(memoryview(bytearray(row)), 1)
+            outputs, finite = self.inline[model_idx].infer_one(row)
         except Exception as exc:
             raise WorkerFailed(f"inference failed: {type(exc).__name__}: {exc}") from None
         elapsed = time.perf_counter_ns() - start
+        self._inline_served += 1
         self._on_batch(MODEL_NAMES[model_idx], 1, elapsed / 1000.0, self._pid)
-        if not finite[0]:
+        if not finite:
             raise non_finite(model_idx)
-        return out.tobytes(), self.model_versions[model_idx], elapsed
+        return outputs, self.model_versions[model_idx], elapsed
 
     def _eligible(self, rows: int, exclude: WorkerHandle | None) -> list[WorkerHandle]:
         limit = self._limit - rows
@@ -286,7 +304,7 @@ class WorkerPool:
                 eligible.remove(worker)
                 self._on_worker_lost(worker)
         else:
-            if self.inline is not None and not self.ready():
+            if self.inline is not None and (self.inline_only or not self.ready()):
                 return self._run_in_front(pending)
             return self._fail(pending, self._unavailable_error())
         worker.pending[pending.req_id] = pending
@@ -304,14 +322,13 @@ class WorkerPool:
         endpoint = self.inline[pending.model_idx]
         start = time.perf_counter_ns()
         try:
-            out, finite = endpoint.infer(
-                memoryview(bytearray(pending.frame))[header:], pending.rows
-            )
+            status, out = endpoint.infer(memoryview(pending.frame)[header:], pending.rows)
         except Exception as exc:
             return self._fail(pending, WorkerFailed(f"inference failed: {type(exc).__name__}"))
         elapsed = time.perf_counter_ns() - start
+        self._inline_served += pending.rows
         self._count_int8(pending.model_idx, endpoint.take_counts())
-        frame = bytes(protocol.REPLY.size) + (~finite).view("u1").tobytes() + out.tobytes()
+        frame = bytes(protocol.REPLY.size) + status + out
         self._resolve(pending, frame, self.model_versions[pending.model_idx], elapsed)
         self._on_batch(MODEL_NAMES[pending.model_idx], pending.rows, elapsed / 1000.0, self._pid)
 
@@ -500,6 +517,8 @@ class WorkerPool:
     # ---------------------------------------------------------------- introspection
 
     def ready(self) -> bool:
+        if self.inline_only:
+            return self.inline is not None
         return any(w.state is WorkerState.READY for w in self.active)
 
     def wait_ns(self) -> float:
@@ -511,6 +530,11 @@ class WorkerPool:
         return self.sojourn_ns
 
     def snapshot(self) -> list[WorkerSnapshot]:
+        if self.inline_only:
+            state = WorkerState.READY if self.inline is not None else WorkerState.STARTING
+            return [
+                WorkerSnapshot(self._slot_base, self._pid, state.value, 0, self._inline_served, 0)
+            ]
         return [
             WorkerSnapshot(
                 index=w.slot,

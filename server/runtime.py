@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from models.spec import SPECS
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from server.grpc_front import GrpcFront
 from server.config import ServerConfig
 from server.core import InferCore
+from server.fronts import FrontShare
 from server.pool import MODEL_INDEX, MODEL_NAMES, WorkerPool
 from server.ratelimit import RateLimiter
 from server.routes import Routes
@@ -61,6 +64,12 @@ class Runtime:
         self.monitor: Monitor | None = None
         self.cache = ResponseCache(config.cache_size, config.cache_ttl_s)
         self._ticker: asyncio.Task | None = None
+        # one of several fronts: the directory where they add up their statistics
+        self.share: FrontShare | None = None
+        if config.front_state_dir is not None and config.front_slot is not None:
+            self.share = FrontShare(config.front_state_dir, config.front_slot, config.fronts)
+        self._cache_base = {"hits": 0, "misses": 0, "coalesced": 0}
+        self._started_at = time.time()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,6 +77,11 @@ class Runtime:
             None, verify_artifacts, self.config.artifacts_dir
         )
         self.monitor = Monitor(monitor_config(self.config, self.manifest))
+        if self.share is not None:
+            earlier = self.share.earlier_life()
+            if earlier is not None:  # this slot's front before a restart: count on from it
+                self.monitor.inherit(earlier["monitor"])
+                self._cache_base = earlier["cache_counts"]
         pool = WorkerPool(
             self.config,
             on_batch=self.monitor.record_batch,
@@ -130,6 +144,7 @@ class Runtime:
         if self.pool is not None:
             await self.pool.close()
         if self.monitor is not None:
+            self.publish()
             self.monitor.close()
 
     async def reload(self) -> dict[str, str]:
@@ -163,3 +178,51 @@ class Runtime:
                 self.monitor.tick(self.workers(), self.queue_depth())
             except Exception:  # a broken statistic must never stop the server
                 log.exception("monitor tick failed")
+            if self.share is not None:
+                # a pass of the event loop between the two: requests waiting behind the tick
+                # are answered before the export (~2 ms) runs, not after both
+                await asyncio.sleep(0)
+                try:
+                    self.publish()
+                except Exception:
+                    log.exception("publishing this front's statistics failed")
+
+    # ------------------------------------------------------------------ several fronts
+
+    def cache_counts(self) -> dict[str, int]:
+        """This front's cache counters since its slot first started."""
+        cache, base = self.cache, self._cache_base
+        return {
+            "hits": base["hits"] + cache.hits,
+            "misses": base["misses"] + cache.misses,
+            "coalesced": base["coalesced"] + cache.coalesced,
+        }
+
+    def front_info(self) -> dict[str, Any]:
+        return {
+            "slot": self.config.front_slot or 0,
+            "pid": os.getpid(),
+            "started_at": self._started_at,
+            "requests": self.monitor.own_requests() if self.monitor is not None else 0,
+        }
+
+    def publish(self) -> None:
+        """This front's counts for the other fronts and for its own next life."""
+        if self.share is None or self.monitor is None:
+            return
+        self.share.publish(
+            {
+                "front": self.front_info(),
+                "monitor": self.monitor.export_state(),
+                "cache_counts": self.cache_counts(),
+                "cache_entries": len(self.cache),
+            }
+        )
+
+    def peer_fronts(self) -> list[dict[str, Any]]:
+        """The other fronts' latest documents, their counts added to the monitor's views."""
+        if self.share is None or self.monitor is None:
+            return []
+        docs = self.share.peers()
+        self.monitor.set_peers(doc["monitor"] for doc in docs)
+        return docs

@@ -47,27 +47,25 @@ def _load_json(body: bytes) -> object:
 class _Packer:
     """An observation that is already right, straight to float32 bytes.
 
-    ``struct`` packs the flattened numbers in one call, and refuses anything that is not a
-    number or does not fit float32, so the only check left is each row's length: about
-    7 us for a tactical observation against 14 us through ``np.array``. It answers None
-    whenever it is not sure, and the caller then takes the numpy path, which also says
-    exactly what is wrong.
+    One ``struct`` pack per row, joined: ``struct`` refuses anything that is not a number or
+    does not fit float32, and a row of the wrong length, so the only check left is the
+    number of rows. About 8 us for a tactical observation, against 17 us for one pack of
+    all 420 numbers (its argument tuple costs more than the rows' packs) and 28 us through
+    ``np.array``. It answers None whenever it is not sure, and the caller then takes the
+    numpy path, which also says exactly what is wrong.
     """
 
-    __slots__ = ("_pack", "_row_lengths", "_rows")
+    __slots__ = ("_pack_row", "_rows")
 
     def __init__(self, spec: ModelSpec) -> None:
         self._rows = spec.rows
-        self._row_lengths = {spec.features}
-        self._pack = struct.Struct(f"={spec.input_size}f").pack
+        self._pack_row = struct.Struct(f"={spec.features}f").pack
 
     def __call__(self, observation: object) -> bytes | None:
         if type(observation) is not list or len(observation) != self._rows:
             return None
         try:
-            if set(map(len, observation)) != self._row_lengths:
-                return None
-            return self._pack(*itertools.chain.from_iterable(observation))
+            return b"".join(itertools.starmap(self._pack_row, observation))
         except (TypeError, struct.error, OverflowError):
             return None
 

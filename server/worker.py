@@ -24,7 +24,7 @@ from models.ensemble import EnsembleRule
 from models.spec import SPECS
 from server import protocol
 from server.config import ServerConfig, config_from_json_dict
-from server.outputs import row_outputs
+from server.engine import Engine, NumpyModel, open_fused
 
 _PR_SET_PDEATHSIG = 1
 
@@ -38,23 +38,34 @@ def _die_with_parent() -> None:
 
 
 class ModelEndpoint:
-    """One loaded model: runs a batch into the rows' outputs (``server.outputs``)."""
+    """One loaded model: a batch in, every row's outputs (``server.outputs``) and a status
+    byte per row out, from one runtime call (``server.engine``). When the optimizer chose an
+    int8 variant for batches (``served.batch_min_rows``), batches that large go to it, behind
+    its guards, and what they ran on is counted."""
 
-    def __init__(self, served, rule: EnsembleRule) -> None:
+    __slots__ = ("_counted", "engine", "guarded", "infer", "infer_one", "rule", "served")
+    __slots__ += ("shape", "spec")
+
+    def __init__(self, served, rule: EnsembleRule, engine: Engine) -> None:
         self.served = served
         self.rule = rule
         self.spec = rule.spec
         self.shape = self.spec.observation_shape
-        runner = served.runner
-        # int8 for batches, behind its guards: what each batch ran on is counted
-        self.guarded = getattr(runner, "min_rows", None) is not None
+        self.engine = engine
+        # infer(payload, rows) -> (status bytes, outputs); infer_one(row) -> (outputs, finite)
+        self.infer_one = engine.infer_one
+        min_rows = getattr(served.runner, "min_rows", None)
+        self.guarded = min_rows is not None
         self._counted = (0, 0, 0)
+        if min_rows is None:
+            self.infer = engine.infer
+            return
+        batches, single = NumpyModel(served.runner, rule).infer, engine.infer
 
-    def infer(self, payload: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows x 12 float32 outputs, per row: all finite)."""
-        obs = np.frombuffer(payload, dtype=np.float32).reshape(rows, *self.shape)
-        probs, value = self.served.runner.run(obs)
-        return row_outputs(probs, value, self.rule)
+        def infer(payload: memoryview | bytes, rows: int) -> tuple[bytes, bytes]:
+            return batches(payload, rows) if rows >= min_rows else single(payload, rows)
+
+        self.infer = infer
 
     def take_counts(self) -> tuple[int, int, int]:
         """Rows run on int8, and rows the range and margin guards sent to float32, since the
@@ -69,6 +80,22 @@ class ModelEndpoint:
         return delta  # type: ignore[return-value]
 
 
+def open_engine(config: ServerConfig, served, rule: EnsembleRule) -> Engine:
+    """An ONNX artifact runs with the decision folded into its graph (``FusedModel``), from
+    its bytes read once more and checked against the sha256 the loader checked; the other
+    runtimes keep their runner and the numpy decision."""
+    from optimize.loader import ArtifactIntegrityError, sha256_bytes
+
+    if served.runtime != "onnxruntime":
+        return NumpyModel(served.runner, rule)
+    data = served.file.read_bytes()
+    if sha256_bytes(data) != served.sha256:
+        raise ArtifactIntegrityError(
+            f"{served.file} changed while it was being loaded; re-run `python -m optimize`"
+        )
+    return open_fused(data, rule, threads=config.worker_threads)
+
+
 def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
     """The models, loaded and warmed: for a worker and for the front's inline lane alike
     (unwarmed, the first inline request took 0.5 ms instead of 15 us)."""
@@ -77,7 +104,7 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
     manifest = load_manifest(config.artifacts_dir)
     endpoints = []
     for name in sorted(SPECS):
-        # warm_up() below exercises the whole path (runtime, ensemble, fragments), so the
+        # warm_up() below exercises the whole path (runtime, decision, bindings), so the
         # loader's own warm-up calls would only repeat part of it
         served = load_served(
             config.artifacts_dir,
@@ -88,7 +115,7 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
             agent_weights=config.weights_for(name),
         )
         rule = EnsembleRule(SPECS[name], config.weights_for(name))
-        endpoints.append(ModelEndpoint(served, rule))
+        endpoints.append(ModelEndpoint(served, rule, open_engine(config, served, rule)))
     warm_up(endpoints, config.warmup_calls)
     return endpoints
 
@@ -97,9 +124,9 @@ def warm_up(endpoints: list[ModelEndpoint], calls: int) -> None:
     rng = np.random.default_rng(0)
     for ep in endpoints:
         for batch in (1, 8, 32):
-            obs = rng.standard_normal((batch, *ep.shape)).astype(np.float32)
+            obs = rng.standard_normal((batch, *ep.shape)).astype(np.float32).tobytes()
             for _ in range(max(1, calls // batch)):
-                ep.infer(memoryview(bytearray(obs.tobytes())), batch)
+                ep.infer(obs, batch)
         ep.take_counts()  # the warm-up's rows are not the server's
 
 
@@ -120,17 +147,15 @@ def serve(sock: socket.socket, endpoints: list[ModelEndpoint]) -> None:
         start = clock()
         endpoint = endpoints[model_idx]
         try:
-            out, finite = endpoint.infer(view[head:size], rows)
+            status, out = endpoint.infer(view[head:size], rows)
         except Exception as exc:  # answer, never die: the front turns this into a 500
             message = f"{type(exc).__name__}: {exc}".encode()[:4000]
             sock.send(reply.pack(req_id, protocol.KIND_ERROR, 0, 0, 0, 0, 0) + message)
             continue
         elapsed = min(clock() - start, 0xFFFFFFFF)
-        status = (~finite).view(np.uint8).tobytes()
         counts = endpoint.take_counts()
-        sock.send(
-            reply.pack(req_id, protocol.KIND_OK, rows, elapsed, *counts) + status + out.tobytes()
-        )
+        # one message from three buffers: no concatenation
+        sock.sendmsg((reply.pack(req_id, protocol.KIND_OK, rows, elapsed, *counts), status, out))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,30 +24,53 @@ _ACTION_BYTES = {str(i).encode(): name.encode() for i, name in enumerate(ACTIONS
 _ACTION_BYTES.update({k + b".0": v for k, v in _ACTION_BYTES.items()})
 
 
-def _row_template(agents: tuple[str, ...]) -> bytes:
-    names = ",".join(f'"{a}":[%s,%s,%s]' for a in agents)
-    return ('"action":"%s","confidence":%s,"agents":{' + names + '},"value":%s').encode()
+def _row_pieces(agents: tuple[str, ...]) -> tuple[bytes, ...]:
+    """The constant text between a row's twelve numbers, in the order they are written:
+    action, confidence, the probabilities agent by agent, value."""
+    pieces = ['"action":"', '","confidence":']
+    for i, agent in enumerate(agents):
+        pieces.append((',"agents":{' if i == 0 else "],") + f'"{agent}":[')
+        pieces += [",", ","]
+    pieces.append(']},"value":')
+    return tuple(p.encode() for p in pieces)
 
 
 class Renderer:
     """Row outputs to the contract's fields. orjson writes float32 in its shortest form
-    (0.41, not 0.4099999964237213); one call renders all of a request's rows."""
+    (0.41, not 0.4099999964237213). A single row is copied into a float32 array made once
+    and rendered by one orjson call: no numpy call per request; a batch is rendered by one
+    orjson call over all its rows."""
 
-    __slots__ = ("_template",)
+    __slots__ = ("_one", "_one_view", "_pieces")
 
     def __init__(self, agents: tuple[str, ...]) -> None:
-        self._template = _row_template(agents)
+        self._pieces = _row_pieces(agents)
+        self._one = np.zeros(FLOATS, dtype=np.float32)
+        self._one_view = memoryview(self._one).cast("B")
+
+    def fragment(self, outputs: bytes) -> bytes:
+        """``"action":..,"confidence":..,"agents":{..},"value":..`` of one row."""
+        self._one_view[:] = outputs
+        text = orjson.dumps(self._one, option=orjson.OPT_SERIALIZE_NUMPY)
+        return self._join(text[1:-1].split(b","))
 
     def fragments(self, outputs: list[bytes]) -> list[bytes]:
-        """``"action":..,"confidence":..,"agents":{..},"value":..`` per row."""
+        """``fragment`` of every row."""
+        if len(outputs) == 1:
+            return [self.fragment(outputs[0])]
         flat = np.frombuffer(b"".join(outputs), dtype=np.float32)
         text = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
-        template = self._template
-        out = []
-        for i in range(0, len(text), FLOATS):
-            v = text[i : i + FLOATS]
-            out.append(template % (_ACTION_BYTES[v[11]], v[10], *v[:9], v[9]))
-        return out
+        return [self._join(text[i : i + FLOATS]) for i in range(0, len(text), FLOATS)]
+
+    def _join(self, v: list[bytes]) -> bytes:
+        p = self._pieces
+        parts = [p[0], _ACTION_BYTES[v[11]], p[1], v[10]]
+        for i in range(9):
+            parts.append(p[2 + i])
+            parts.append(v[i])
+        parts.append(p[11])
+        parts.append(v[9])
+        return b"".join(parts)
 
 
 class NativeJob(Job):
@@ -62,15 +85,16 @@ class NativeJob(Job):
     def answer(self, version: str, outputs: list[bytes], cached: list[bool]) -> None:
         codec = self.codec
         prefix = codec.prefix(self.model_idx, version)
-        fragments = codec.renderers[self.model_idx].fragments(outputs)
+        renderer = codec.renderers[self.model_idx]
         if self.batch:
+            fragments = renderer.fragments(outputs)
             parts = [
                 b"{" + f + (_CACHED if c else _FRESH)
                 for f, c in zip(fragments, cached, strict=True)
             ]
             body = prefix + b'"results":[' + b",".join(parts) + b"]}"
         else:
-            body = prefix + fragments[0] + (_CACHED if cached[0] else _FRESH)
+            body = prefix + renderer.fragment(outputs[0]) + (_CACHED if cached[0] else _FRESH)
         self.respond(200, JSON, body, NO_HEADERS)
 
     def refuse(self, error: ApiError) -> int:

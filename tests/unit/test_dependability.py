@@ -85,6 +85,7 @@ class FailingPool:
     """Workers whose every batch ends in ``error`` (or succeeds while ``error`` is None)."""
 
     model_versions = ("v",) * len(MODEL_NAMES)
+    inline_only = False
     key_prefixes = tuple(key_prefix(i, "v") for i in range(len(MODEL_NAMES)))
 
     def __init__(self) -> None:

@@ -96,14 +96,19 @@ class Launcher:
 
 
 def front_models(config: ServerConfig) -> list:
-    def infer(payload: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.full((rows, FLOATS), 0.25, np.float32), np.ones(rows, bool)
+    def infer(payload: memoryview, rows: int) -> tuple[bytes, bytes]:
+        status = bytes([protocol.ROW_FINITE]) * rows
+        return status, np.full((rows, FLOATS), 0.25, np.float32).tobytes()
+
+    def infer_one(row: bytes) -> tuple[bytes, bool]:
+        return infer(row, 1)[1], True
 
     return [
         SimpleNamespace(
             spec=SPECS[name],
             served=SimpleNamespace(version="v1"),
             infer=infer,
+            infer_one=infer_one,
             take_counts=lambda: (0, 0, 0),
         )
         for name in MODEL_NAMES

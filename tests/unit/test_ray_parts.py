@@ -48,7 +48,7 @@ def test_autoscaling_replaces_the_replica_count() -> None:
         ({"autoscaling": Autoscaling(4, 2, 8)}, "1 <= min <= max"),
         ({"autoscaling": Autoscaling(1, 2, 100)}, "at most max_ongoing_requests"),
         ({"max_queued_requests": 0}, "-1 (no limit)"),
-        ({"server_args": ("--workers", "0")}, "workers=0"),
+        ({"server_args": ("--workers", "-1")}, "workers=-1"),
     ],
 )
 def test_bad_options_say_what_to_write(kwargs: dict, says: str) -> None:

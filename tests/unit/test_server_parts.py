@@ -65,6 +65,8 @@ def test_make_balancer_from_strategy() -> None:
 
 
 class RecordingPool:
+    inline_only = False
+
     def __init__(self) -> None:
         self.calls: list[tuple[int, int, bytes]] = []
 
@@ -347,7 +349,8 @@ def test_config_flags_override_environment() -> None:
     ("argv", "hint"),
     [
         (["--balancer", "fastest"], "round_robin, least_loaded, power_of_two"),
-        (["--workers", "0"], "write a count from 1 to 64"),
+        (["--workers", "-1"], "write a count from 0"),
+        (["--fronts", "0"], "write a count from 1 to 64"),
         (["--max-queue-delay-us", "-1"], "write 0"),
         (["--agent-weights", "tactical=1,1"], "tactical=1,1,1"),
         (["--monitoring", "--workers", "two"], "is not valid for workers"),

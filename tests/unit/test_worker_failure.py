@@ -89,9 +89,11 @@ class FakeInline:
     def __init__(self) -> None:
         self.calls = 0
 
-    def infer(self, payload: memoryview, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, payload: memoryview, rows: int) -> tuple[bytes, bytes]:
+        """(a status byte per row, the rows' outputs), as ``server.engine`` answers."""
         self.calls += 1
-        return np.full((rows, ROW_BYTES // 4), 0.25, np.float32), np.ones(rows, bool)
+        status = bytes([protocol.ROW_FINITE]) * rows
+        return status, np.full((rows, ROW_BYTES // 4), 0.25, np.float32).tobytes()
 
     def take_counts(self) -> tuple[int, int, int]:
         return 0, 0, 0  # float32 only: no int8 rows, no guard fallbacks

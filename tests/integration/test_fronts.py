@@ -1,0 +1,115 @@
+"""Two front processes on one port (``--fronts 2``): both serve, /stats and /metrics add up
+both fronts' counts, and a front killed and started again neither resets nor double-counts
+them."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import start_server, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def get(url: str) -> httpx.Response:
+    # a new connection each time: the kernel spreads connections over the fronts. A
+    # connection that was waiting to be accepted by a front as it is killed is reset, as a
+    # client of any server that dies would see: ask again.
+    for _ in range(20):
+        try:
+            return httpx.get(url, timeout=10)
+        except httpx.TransportError:
+            continue
+    raise AssertionError(f"no front answered {url} in 20 attempts")
+
+
+def stats(url: str) -> dict:
+    return get(f"{url}/stats").json()
+
+
+def requests_metric(url: str) -> float:
+    text = get(f"{url}/metrics").text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "pis_requests_total"
+    )
+
+
+def post(url: str, first: int, count: int) -> None:
+    rng = np.random.default_rng(first)
+    for _ in range(count):
+        obs = rng.standard_normal((60, 7)).tolist()
+        answer = httpx.post(f"{url}/infer", json={"model": "tactical", "observation": obs})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "tactical"
+
+
+def fronts(url: str) -> dict[int, dict]:
+    return {front["slot"]: front for front in stats(url)["fronts"]}
+
+
+def agreed(url: str, requests: int, per_front: bool = True) -> bool:
+    """Every front (asked several times, over new connections) reports ``requests``."""
+    for _ in range(6):
+        data = stats(url)
+        total = data["models"]["tactical"]["since_start"]["requests"]
+        if total != requests or len(data["fronts"]) != 2:
+            return False
+        if per_front and sum(f["requests"] for f in data["fronts"]) != requests:
+            return False
+    return requests_metric(url) == requests
+
+
+def test_two_fronts_serve_and_count_once_across_a_restart(artifacts_dir: Path) -> None:
+    with start_server(artifacts_dir, workers=2, args=["--fronts", "2"]) as server:
+        url = server.url
+        wait_until(lambda: len(fronts(url)) == 2, timeout_s=60)
+        post(url, 1, 60)
+        wait_until(lambda: agreed(url, 60))
+        served = fronts(url)
+        assert all(served[slot]["requests"] > 0 for slot in (0, 1)), served
+        assert {w["index"] for w in stats(url)["workers"]} == {0, 1}  # one worker each
+
+        killed = served[1]["pid"]
+        os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: fronts(url)[1]["pid"] != killed, timeout_s=60)
+        wait_until(lambda: agreed(url, 60, per_front=False))  # not 0, not 120
+
+        post(url, 2, 40)
+        wait_until(lambda: agreed(url, 100))
+        assert stats(url)["cache"]["misses"] == 100
+
+
+def test_fronts_without_workers_run_every_row_themselves(artifacts_dir: Path) -> None:
+    """``--workers 0``: each front answers from its own copy, is listed as its own worker,
+    is ready, and still refuses a row it cannot compute finitely."""
+    with start_server(artifacts_dir, workers=0, args=["--fronts", "2"]) as server:
+        url = server.url
+        wait_until(lambda: len(fronts(url)) == 2, timeout_s=60)
+        post(url, 3, 20)
+        huge = [[2e38] * 7] * 60
+        refused = get_post(url, {"model": "tactical", "observation": huge})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["code"] == "non_finite_output"
+        batch = get_post(url, {"model": "tactical", "observations": [huge] * 3})
+        assert batch.status_code == 422, batch.text  # a batch runs in the front too
+        wait_until(lambda: sum(f["requests"] for f in stats(url)["fronts"]) == 22)
+        workers = stats(url)["workers"]
+        front_pids = {f["pid"] for f in stats(url)["fronts"]}
+        assert {w["pid"] for w in workers} == front_pids
+        assert all(w["state"] == "ready" for w in workers)
+        # each front's file is up to a second old: wait until both have written theirs
+        wait_until(lambda: sum(w["served"] for w in stats(url)["workers"]) >= 20)
+
+
+def get_post(url: str, document: dict) -> httpx.Response:
+    return httpx.post(f"{url}/infer", json=document, timeout=10)
