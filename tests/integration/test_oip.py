@@ -336,3 +336,28 @@ def test_stats_and_metrics_count_each_protocol(server, http_client, grpc_client)
     for protocol in ("native", "oip_rest", "oip_grpc"):
         assert f'protocol="{protocol}"' in metrics
     assert 'model="unknown",protocol="oip_grpc",status="404"' in metrics
+
+
+def test_grpc_api_key_and_rate_limit(artifacts_dir: Path) -> None:
+    grpc_port = free_port()
+    args = ["--grpc-port", str(grpc_port), "--rate-limit-rps", "1", "--rate-limit-burst", "2"]
+    env = {"PIS_API_KEY": "s3cret-key"}
+    with start_server(artifacts_dir, workers=1, args=args, env=env):
+        obs = observations("tactical", 1, seed=8)
+        inp = triton_grpc.InferInput("observation", [1, 60, 7], "FP32")
+        inp.set_data_from_numpy(obs)
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("tactical", [inp])
+        assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+        assert client.is_server_live(), "health stays open without a key"
+        statuses = []
+        for header in ({"x-api-key": "s3cret-key"}, {"authorization": "Bearer s3cret-key"}) * 3:
+            try:
+                client.infer("tactical", [inp], headers=header)
+                statuses.append("OK")
+            except InferenceServerException as exc:
+                statuses.append(exc.status())
+        assert statuses[:2] == ["OK", "OK"], statuses
+        assert "StatusCode.RESOURCE_EXHAUSTED" in statuses[2:], statuses
+        client.close()
