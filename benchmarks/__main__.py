@@ -172,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=_int_list, default=[1, 64], help="observations per request (1,64)"
     )
     protocols.add_argument("--concurrency", type=_int_list, default=[1, 16])
+    protocols.add_argument(
+        "--no-grpc-floor",
+        action="store_true",
+        help="skip the gRPC floor (grpc.aio answering a constant, same client)",
+    )
     _http_options(protocols, duration=5.0)
 
     ab = sub.add_parser(
@@ -330,7 +335,9 @@ def cmd_protocols(args: argparse.Namespace) -> int:
     document["command"] = "protocols"
     print(f"load generator: {settings.generator} (HTTP), grpc.aio (gRPC)")
     _warn_if_busy()
-    document["runs"] = run_protocols(run_plans, settings, _launch(args))
+    document["runs"] = run_protocols(
+        run_plans, settings, _launch(args), grpc_floor=not args.no_grpc_floor
+    )
     document["bars"] = [bar.to_json() for bar in protocol_bars(document["runs"])]
     print()
     _print_protocols(document)

@@ -152,6 +152,20 @@ class ServerProcess:
             f"log: {self.log_path}\n{self.log_tail()}"
         )
 
+    def wait_listening(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        """For a server with no HTTP health route (the gRPC floor): until its port accepts."""
+        deadline = clock() + timeout_s
+        while clock() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} before it listened; "
+                    f"log: {self.log_path}\n{self.log_tail()}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), 1):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not listening on port {self.port} after {timeout_s:.0f} s")
+
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

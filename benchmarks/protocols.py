@@ -5,13 +5,17 @@ observation and a batch per request, each at a few client counts, all cache-cold
 Requests are pre-built bytes (``benchmarks.wire``), so no client library's encoding is
 measured: HTTP goes through wrk (or the Python generator), gRPC through ``grpc.aio`` with
 bytes in and bytes out (``benchmarks.grpcload``). One server, started with ``--grpc-port``,
-serves every run; each run (and its warm-up) sends rows no other run sent.
+serves every run; each run (and its warm-up) sends rows no other run sent. On request the
+gRPC runs are repeated against ``benchmarks.baselines.grpc_floor`` (constant answers, same
+client): what Python gRPC costs before our server does anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 
 from benchmarks.bodies import Mode
@@ -38,17 +42,21 @@ DEFAULT_BATCHES = (1, 64)
 DEFAULT_CONCURRENCY = (1, 16)
 
 
+GRPC_FLOOR = "grpc_floor"  # benchmarks.baselines.grpc_floor
+
+
 @dataclass(frozen=True, slots=True)
 class ProtocolPlan:
     protocol: Protocol
     batch: int
     concurrency: int
+    server: str = "ours"  # or GRPC_FLOOR
 
     @property
     def name(self) -> str:
-        """The record's ``target``: one (target, mode, concurrency) key per protocol and
-        batch, so ``monitoring.regress`` can compare two of these documents."""
-        return f"ours:{self.protocol}:b{self.batch}"
+        """The record's ``target``: one (target, mode, concurrency) key per server, protocol
+        and batch, so ``monitoring.regress`` can compare two of these documents."""
+        return f"{self.server}:{self.protocol}:b{self.batch}"
 
 
 def protocol_plans(
@@ -117,6 +125,7 @@ def measure_protocol(
         plan.name, RunPlan(Mode.COLD, plan.concurrency), duration, result, server_cpu, other
     )
     record["protocol"] = str(plan.protocol)
+    record["server"] = plan.server
     record["batch"] = plan.batch
     record["rows_per_s"] = round(result.rps * plan.batch, 1)
     return record
@@ -128,8 +137,10 @@ def run_protocols(
     launch: LaunchOptions,
     seed: int = 1,
     log: Callable[[str], None] = print,
+    grpc_floor: bool = False,
 ) -> list[dict]:
-    """Starts our server with a gRPC port, measures every plan in order, stops it."""
+    """Starts our server with a gRPC port, measures every plan in order, stops it; then,
+    with ``grpc_floor``, the gRPC plans again against the gRPC floor."""
     grpc_port = free_port()
     launch = LaunchOptions(
         artifacts=launch.artifacts,
@@ -137,19 +148,43 @@ def run_protocols(
         cache_size=launch.cache_size,
         server_args=(*launch.server_args, "--grpc-port", str(grpc_port)),
     )
-    records = []
     with running((Target.OURS,), settings, launch, log_suffix=".protocols") as servers:
-        server = servers[Target.OURS]
-        for k, plan in enumerate(plans):
-            generator = "grpc.aio" if plan.protocol.is_grpc else settings.generator
-            log(
-                f"  {plan.protocol} batch {plan.batch} @{plan.concurrency} for "
-                f"{settings.duration_s:g} s ({generator}) ..."
-            )
-            base = seed * 1000 + 10 * k
-
-            def once(attempt: int, plan: ProtocolPlan = plan, base: int = base) -> dict:
-                return measure_protocol(server, grpc_port, plan, settings, base + attempt)
-
-            records.append(quietest(once, settings, log))
+        records = _measure_all(servers[Target.OURS], grpc_port, plans, settings, seed, log)
+    floor_plans = [replace(p, server=GRPC_FLOOR) for p in plans if p.protocol.is_grpc]
+    if grpc_floor and floor_plans:
+        with _grpc_floor(settings) as floor:
+            records += _measure_all(floor, floor.port, floor_plans, settings, seed + 1, log)
     return records
+
+
+def _measure_all(
+    server: ServerProcess,
+    grpc_port: int,
+    plans: Sequence[ProtocolPlan],
+    settings: HttpSettings,
+    seed: int,
+    log: Callable[[str], None],
+) -> list[dict]:
+    records = []
+    for k, plan in enumerate(plans):
+        generator = "grpc.aio" if plan.protocol.is_grpc else settings.generator
+        log(
+            f"  {plan.server} {plan.protocol} batch {plan.batch} @{plan.concurrency} for "
+            f"{settings.duration_s:g} s ({generator}) ..."
+        )
+        base = seed * 1000 + 10 * k
+
+        def once(attempt: int, plan: ProtocolPlan = plan, base: int = base) -> dict:
+            return measure_protocol(server, grpc_port, plan, settings, base + attempt)
+
+        records.append(quietest(once, settings, log))
+    return records
+
+
+@contextlib.contextmanager
+def _grpc_floor(settings: HttpSettings) -> Iterator[ServerProcess]:
+    port = free_port()
+    argv = [sys.executable, "-m", f"benchmarks.baselines.{GRPC_FLOOR}", "--port", str(port)]
+    with ServerProcess(GRPC_FLOOR, argv, port, settings.logs_dir / f"{GRPC_FLOOR}.log") as floor:
+        floor.wait_listening(60.0)
+        yield floor

@@ -164,7 +164,7 @@ def protocol_rows(runs: Sequence[dict]) -> list[list[str]]:
         lat, cpu = r["latency_us"], r["cpu"]
         rows.append(
             [
-                r.get("protocol", r["target"]),
+                _protocol_label(r),
                 str(r.get("batch", 1)),
                 str(r["concurrency"]),
                 r["generator"],
@@ -183,6 +183,12 @@ def protocol_rows(runs: Sequence[dict]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _protocol_label(run: dict) -> str:
+    protocol = run.get("protocol", run["target"])
+    server = run.get("server", "ours")
+    return protocol if server == "ours" else f"{protocol} ({server})"
 
 
 AB_COLUMNS = ("mode", "clients", "", "rps", "p50 us", "p99 us", "p99.9 us")

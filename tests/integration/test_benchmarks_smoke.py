@@ -216,8 +216,9 @@ def test_protocols_cli_writes_the_result_document(artifacts_dir: Path, tmp_path:
     assert "p50 vs native" in done.stdout and str(out) in done.stdout
     doc = orjson.loads(out.read_bytes())
     assert doc["kind"] == "benchmark" and doc["command"] == "protocols"
-    assert [(r["protocol"], r["batch"]) for r in doc["runs"]] == [
-        ("oip_json", 1), ("oip_json", 2), ("grpc", 1), ("grpc", 2)]  # fmt: skip
+    assert [(r["server"], r["protocol"], r["batch"]) for r in doc["runs"]] == [
+        ("ours", "oip_json", 1), ("ours", "oip_json", 2), ("ours", "grpc", 1),
+        ("ours", "grpc", 2), ("grpc_floor", "grpc", 1), ("grpc_floor", "grpc", 2)]  # fmt: skip
     for record in doc["runs"]:
         check_record(record, "grpc.aio" if record["protocol"] == "grpc" else "python")
     assert [b["bar"] for b in doc["bars"]][1] == "every protocol run answered without errors"
