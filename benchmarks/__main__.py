@@ -4,6 +4,7 @@ Performance)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,6 +122,12 @@ def _http_options(parser: argparse.ArgumentParser, duration: float | None) -> No
         default=None,
         help="our server's --cache-size (0 turns its cache off)",
     )
+    parser.add_argument(
+        "--server-args",
+        type=shlex.split,
+        default=[],
+        help="more flags for our server, in one string: --server-args '--busy-poll-us 0'",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,7 +238,10 @@ def _settings(args: argparse.Namespace, quick: bool = False) -> HttpSettings:
 
 def _launch(args: argparse.Namespace) -> LaunchOptions:
     return LaunchOptions(
-        artifacts=args.artifacts.resolve(), workers=args.workers, cache_size=args.cache_size
+        artifacts=args.artifacts.resolve(),
+        workers=args.workers,
+        cache_size=args.cache_size,
+        server_args=tuple(args.server_args),
     )
 
 
