@@ -294,7 +294,9 @@ end
 
 # benchmarks.wire: chunk 0, stamp, chunk 1, ..., stamp, chunk b; the chunks of every template
 # back to back in a binary file (read in binary mode, so any byte may be sent), their lengths
-# one template per line in another. A float32 stamp is 1 + s * 2^-23, little-endian.
+# one template per line in another. A float32 stamp is 1 + s * 2^-23, little-endian. The
+# bodies are StampedRequests.body(i) byte for byte; wrk calls request() once on thread 0 to
+# check the script, so that thread's first request on the wire is number ``threads``.
 WRK_STAMPED_SCRIPT = (
     _WRK_THREADS
     + r"""

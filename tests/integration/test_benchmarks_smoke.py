@@ -1,13 +1,17 @@
 """The benchmark tool against real servers on loopback, with tiny durations: the baselines
 start and answer the contract, both load generators measure, the CLI writes its document,
-every protocol is measured on rows the cache has never seen, two source trees in pairs."""
+every protocol is measured on rows the cache has never seen (and wrk sends, to a capturing
+server, exactly the bodies the Python builder makes), two source trees in pairs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +25,11 @@ import models
 from benchmarks import __main__ as cli
 from benchmarks.bodies import Mode, make_bodies
 from benchmarks.httpbench import HttpSettings, RunPlan, measure, run_interleaved
-from benchmarks.loadgen import Generator, run_python, wrk_path
+from benchmarks.loadgen import Generator, run_python, run_wrk_stamped, wrk_path
 from benchmarks.procs import ServerProcess, process_tree
 from benchmarks.protocols import ProtocolPlan, measure_protocol
 from benchmarks.targets import LaunchOptions, Target, server_process
-from benchmarks.wire import Protocol
+from benchmarks.wire import Protocol, build_requests
 from tests.support import ROOT, free_port, pid_alive, start_server
 
 pytestmark = pytest.mark.slow
@@ -223,6 +227,66 @@ def test_protocols_cli_writes_the_result_document(artifacts_dir: Path, tmp_path:
         check_record(record, "grpc.aio" if record["protocol"] == "grpc" else "python")
     assert [b["bar"] for b in doc["bars"]][1] == "every protocol run answered without errors"
     assert doc["bars"][1]["met"] is True
+
+
+class CaptureServer:
+    """A loopback HTTP/1.1 server that answers every request with an empty 200 and keeps
+    the first ``limit`` bodies it was sent, in order (one client connection at a time)."""
+
+    def __init__(self, limit: int) -> None:
+        self.bodies: list[bytes] = []
+        self.headers: list[bytes] = []
+        self.limit = limit
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffer = b""
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(1 << 20):
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    head, rest = buffer.split(b"\r\n\r\n", 1)
+                    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                    length = int(fields[b"Content-Length"])
+                    if len(rest) < length:
+                        break
+                    if len(self.bodies) < self.limit:
+                        self.bodies.append(rest[:length])
+                        self.headers.append(head)
+                    buffer = rest[length:]
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("protocol", [p for p in Protocol if not p.is_grpc])
+def test_wrk_sends_the_bytes_the_python_builder_makes(protocol: Protocol) -> None:
+    if wrk_path() is None:
+        pytest.skip("wrk is not on PATH (apt-get install wrk)")
+    requests = build_requests(protocol, "tactical", 2, seed=11)
+    capture = CaptureServer(limit=40)
+    try:
+        result = run_wrk_stamped(capture.port, requests, concurrency=1, duration_s=1)
+    finally:
+        capture.close()
+    assert result.requests >= 40 and len(capture.bodies) == 40
+    # wrk calls request() once to check the script before the run: the wire starts at 1
+    assert capture.bodies == [requests.body(i) for i in range(1, 41)]
+    head = capture.headers[0]
+    assert head.startswith(f"POST {requests.path} HTTP/1.1".encode())
+    for name, value in requests.headers:
+        assert f"\r\n{name}: {value}".encode() in head
+    if protocol is not Protocol.NATIVE:
+        assert b"Content-Type" not in head  # as tritonclient
 
 
 def copy_of_the_project(dest: Path, marker: str) -> Path:
