@@ -96,7 +96,8 @@ def measure_protocol(
     seed: int,
 ) -> dict:
     """One run: a warm-up with other rows (Python generator or grpc.aio), then the measured
-    load; the record of ``run_record`` plus ``protocol``, ``batch`` and ``rows_per_s``."""
+    load; the record of ``run_record`` plus ``protocol``, ``server``, ``batch`` and
+    ``rows_per_s``."""
     ports = (server.port, grpc_port)
     generator = Generator.GRPC_AIO if plan.protocol.is_grpc else settings.generator
     requests = build_requests(plan.protocol, MODEL, plan.batch, seed)
