@@ -14,6 +14,8 @@ write the number:
 - ``float32``: the little-endian float32 ``1 + s * 2**-23`` (``s`` below 2**23), exact, so
   every row differs from every other whatever the template.
 
+The numbers wrap after 10**7 (decimal) or 2**23 (float32) rows, far beyond a run's rows.
+
 The OIP binary body is the JSON header (its length in ``Inference-Header-Content-Length``)
 followed by the tensor's bytes, with no Content-Type, as ``tritonclient.http`` sends it; the
 gRPC body is a serialized ``ModelInferRequest`` whose ``raw_input_contents`` (its last field)
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bodies import SEQUENCE_LIMIT, format_sequence
+from benchmarks.bodies import format_sequence
 from models.spec import get_spec
 
 # Distinct same-position rows differ by at least this many sequence numbers (see above).
@@ -58,11 +60,6 @@ class Stamp(enum.StrEnum):
         if self is Stamp.DECIMAL:
             return format_sequence(seq).encode()
         return struct.pack("<I", _ONE_F32 | (seq % FLOAT32_STAMPS))
-
-    @property
-    def limit(self) -> int:
-        """Sequence numbers repeat after this many rows."""
-        return SEQUENCE_LIMIT if self is Stamp.DECIMAL else FLOAT32_STAMPS
 
 
 @dataclass(frozen=True, slots=True)
