@@ -149,6 +149,7 @@ PROTOCOL_COLUMNS = (
     "max us",
     "errors",
     "p50 vs native",
+    "server cpu us/req",
     "cpu s: server",
     "loadgen",
     "other",
@@ -157,7 +158,8 @@ PROTOCOL_COLUMNS = (
 
 def protocol_rows(runs: Sequence[dict]) -> list[list[str]]:
     """One row per protocol run; ``p50 vs native`` is its p50 over native's at the same
-    batch and clients."""
+    batch and clients; ``server cpu us/req`` the server's CPU (front and workers) per
+    request, which no client cost is part of."""
     versus = vs_native(runs, "p50")
     rows = []
     for k, r in enumerate(runs):
@@ -177,6 +179,7 @@ def protocol_rows(runs: Sequence[dict]) -> list[list[str]]:
                 _num(lat.get("max")),
                 _errors(r),
                 "n/a" if versus[k] is None else f"x{versus[k]:.2f}",
+                _num(1e6 * cpu["server_s"] / r["requests"] if r["requests"] else None),
                 _num(cpu["server_s"], 2),
                 _num(cpu["loadgen_s"], 2),
                 _num(cpu.get("other_s"), 2),

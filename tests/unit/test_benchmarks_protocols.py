@@ -150,6 +150,7 @@ def test_protocol_table_and_bars() -> None:
     assert all(len(r) == len(PROTOCOL_COLUMNS) for r in rows)
     assert rows[1][:3] == ["oip_binary", "1", "1"] and rows[1][12] == "x1.33"
     assert rows[3][6] == "64,000" and rows[3][12] == "n/a" and rows[2][11] == "UNAVAILABLE: 2"
+    assert rows[0][13] == "1,000"  # 1 CPU-s over 1,000 requests
     binary, clean = protocol_bars(runs)
     assert binary.met is True and "p50 120 us" in binary.detail
     assert clean.met is False and "2 errors in 1 of 4 runs" in clean.detail
