@@ -1,9 +1,10 @@
-"""``python -m benchmarks inprocess|http|compare|ray-paths|capacity`` (see README, sections
-Performance, Ray Serve and Capacity)."""
+"""``python -m benchmarks inprocess|http|compare|protocols|ab|show|ray-paths|front-cap|
+capacity`` (see README, sections Performance, Ray Serve and Capacity)."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,19 +16,31 @@ from benchmarks.capacity import add_capacity_arguments, cmd_capacity
 from benchmarks.httpbench import HttpSettings, plans, run_target
 from benchmarks.loadgen import pick_generator, wrk_path
 from benchmarks.results import RESULTS_DIR, busy_machine_warning, new_document, write_document
-from benchmarks.stats import compute_ratios, evaluate_bars
+from benchmarks.stats import (
+    BarResult,
+    ab_checks,
+    ab_summary,
+    compute_ratios,
+    evaluate_bars,
+    protocol_bars,
+)
 from benchmarks.tables import (
+    AB_COLUMNS,
     INPROCESS_COLUMNS,
+    PROTOCOL_COLUMNS,
     RUN_COLUMNS,
+    ab_rows,
     bars_text,
     inprocess_rows,
     markdown_table,
     noise_text,
+    protocol_rows,
     ratios_text,
     run_rows,
     text_table,
 )
 from benchmarks.targets import LaunchOptions, Target
+from benchmarks.wire import Protocol
 
 
 def _int_list(text: str) -> list[int]:
@@ -42,6 +55,14 @@ def _mode_list(text: str) -> list[Mode]:
         return [Mode(v.strip()) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: write cold, warm or cold,warm") from None
+
+
+def _protocol_list(text: str) -> list[Protocol]:
+    try:
+        return [Protocol(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        names = ",".join(p.value for p in Protocol)
+        raise argparse.ArgumentTypeError(f"{text!r}: write some of {names}") from None
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +129,12 @@ def _http_options(parser: argparse.ArgumentParser, duration: float | None) -> No
         default=None,
         help="our server's --cache-size (0 turns its cache off)",
     )
+    parser.add_argument(
+        "--server-args",
+        type=shlex.split,
+        default=[],
+        help="more flags for our server, in one string: --server-args '--busy-poll-us 0'",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +188,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     capacity = sub.add_parser("capacity", help="replicas a target load needs, from results")
     add_capacity_arguments(capacity)
+    protocols = sub.add_parser(
+        "protocols", help="our server through native /infer, OIP JSON, OIP binary and gRPC"
+    )
+    _common(protocols)
+    protocols.add_argument(
+        "--protocols",
+        type=_protocol_list,
+        default=list(Protocol),
+        help="which protocols (default: " + ",".join(p.value for p in Protocol) + ")",
+    )
+    protocols.add_argument(
+        "--batch", type=_int_list, default=[1, 64], help="observations per request (1,64)"
+    )
+    protocols.add_argument("--concurrency", type=_int_list, default=[1, 16])
+    protocols.add_argument(
+        "--no-grpc-floor",
+        action="store_true",
+        help="skip the gRPC floor (grpc.aio answering a constant, same client)",
+    )
+    _http_options(protocols, duration=5.0)
+
+    ab = sub.add_parser(
+        "ab", help="our server from two source trees, native /infer in interleaved pairs"
+    )
+    _common(ab)
+    ab.add_argument(
+        "--baseline-tree",
+        type=Path,
+        required=True,
+        help="root of the checkout to compare against (git worktree add DIR COMMIT)",
+    )
+    ab.add_argument(
+        "--candidate-tree",
+        type=Path,
+        default=None,
+        help="root of the checkout under test (default: this one)",
+    )
+    ab.add_argument("--concurrency", type=_int_list, default=[1, 16])
+    ab.add_argument(
+        "--mode", type=_mode_list, default=[Mode.COLD], help="cold (default), warm or both"
+    )
+    ab.add_argument(
+        "--rounds", type=int, default=4, help="pairs per plan, order reversed each (default 4)"
+    )
+    ab.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="how much worse the candidate may be, as a fraction (default 0.05)",
+    )
+    _http_options(ab, duration=5.0)
 
     show = sub.add_parser("show", help="print a saved result's tables and bars again")
     show.add_argument("file", type=Path)
@@ -187,6 +265,7 @@ def _launch(args: argparse.Namespace) -> LaunchOptions:
         workers=args.workers,
         cache_size=args.cache_size,
         fronts=args.fronts,
+        server_args=tuple(args.server_args),
     )
 
 
@@ -289,14 +368,103 @@ def cmd_front_cap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_protocols(document: dict, markdown: bool = False) -> None:
+    runs = document["runs"]
+    if markdown:
+        print(markdown_table(PROTOCOL_COLUMNS, protocol_rows(runs)))
+        print()
+        _print_bars_markdown(protocol_bars(runs))
+        return
+    print(text_table(PROTOCOL_COLUMNS, protocol_rows(runs)))
+    print("\nbars:")
+    print(bars_text(protocol_bars(runs)))
+    _print_noise(document)
+
+
+def _print_bars_markdown(bars: list[BarResult]) -> None:
+    for bar in bars:
+        print(f"- **{bar.verdict}**: {bar.name} ({bar.detail})")
+
+
+def cmd_protocols(args: argparse.Namespace) -> int:
+    from benchmarks.protocols import protocol_plans, run_protocols
+
+    settings = _settings(args)
+    run_plans = protocol_plans(args.protocols, args.batch, args.concurrency)
+    document = new_document(wrk_path())
+    document["command"] = "protocols"
+    print(f"load generator: {settings.generator} (HTTP), grpc.aio (gRPC)")
+    _warn_if_busy()
+    document["runs"] = run_protocols(
+        run_plans, settings, _launch(args), grpc_floor=not args.no_grpc_floor
+    )
+    document["bars"] = [bar.to_json() for bar in protocol_bars(document["runs"])]
+    print()
+    _print_protocols(document)
+    print(f"\nwrote {write_document(document, args.out, 'protocols')}")
+    return 0
+
+
+def _print_ab(document: dict, markdown: bool = False) -> None:
+    ab = document["ab"]
+    checks = ab_checks(ab["summary"], ab["tolerance"])
+    trees = ", ".join(f"{label}: {t['path']} at {t['commit']}" for label, t in ab["trees"].items())
+    if markdown:
+        print(markdown_table(RUN_COLUMNS, run_rows(document["pairs"])))
+        print()
+        print(markdown_table(AB_COLUMNS, ab_rows(ab["summary"])))
+        print()
+        _print_bars_markdown(checks)
+        return
+    print(text_table(RUN_COLUMNS, run_rows(document["pairs"])))
+    print(f"\n{trees}")
+    print(text_table(AB_COLUMNS, ab_rows(ab["summary"])))
+    print("\nchecks (candidate vs baseline, median of the pair ratios):")
+    print(bars_text(checks))
+    _print_noise(document)
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    from benchmarks.ab import run_ab, trees
+
+    if not 0 <= args.tolerance < 1:
+        raise ValueError(f"tolerance {args.tolerance}: write a fraction such as 0.05")
+    pair = trees(args.baseline_tree, args.candidate_tree)
+    settings = _settings(args)
+    run_plans = plans(args.mode, args.concurrency)
+    document = new_document(wrk_path())
+    document["command"] = "ab"
+    document["ab"] = {
+        "trees": {tree.label: tree.describe() for tree in pair},
+        "rounds": args.rounds,
+        "tolerance": args.tolerance,
+    }
+    for label, tree in document["ab"]["trees"].items():
+        print(f"{label}: {tree['path']} at {tree['commit']}")
+    print(f"load generator: {settings.generator}; {settings.duration_s:g} s per run")
+    _warn_if_busy()
+    document["pairs"] = run_ab(pair, run_plans, args.rounds, settings, _launch(args))
+    document["ab"]["summary"] = ab_summary(document["pairs"])
+    document["bars"] = [b.to_json() for b in ab_checks(document["ab"]["summary"], args.tolerance)]
+    print()
+    _print_ab(document)
+    print(f"\nwrote {write_document(document, args.out, 'ab')}")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     document = orjson.loads(args.file.read_bytes())
+    if document.get("command") == "protocols":
+        _print_protocols(document, args.markdown)
+        return 0
+    if document.get("command") == "ab":
+        _print_ab(document, args.markdown)
+        return 0
     runs, pairs = document.get("runs", []), document.get("pairs", [])
     if args.markdown:
         print(markdown_table(RUN_COLUMNS, run_rows(runs + pairs)))
         print()
-        for bar in evaluate_bars(runs, pairs):
-            print(f"- **{bar.verdict}**: {bar.name} ({bar.detail})")
+        _print_bars_markdown(evaluate_bars(runs, pairs))
         return 0
     _print_runs(document)
     print("\nbars:")
@@ -312,6 +480,8 @@ COMMANDS = {
     "ray-paths": cmd_ray_paths,
     "front-cap": cmd_front_cap,
     "capacity": cmd_capacity,
+    "protocols": cmd_protocols,
+    "ab": cmd_ab,
     "show": cmd_show,
 }
 

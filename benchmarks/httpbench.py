@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -61,7 +62,7 @@ def plans(modes: Sequence[Mode], concurrencies: Sequence[int]) -> list[RunPlan]:
 
 
 def run_record(
-    target: Target,
+    target: str,
     plan: RunPlan,
     duration_s: float,
     result: LoadResult,
@@ -95,23 +96,41 @@ def _effective_duration(settings: HttpSettings) -> float:
     return settings.duration_s
 
 
+def measured(
+    server: ServerProcess,
+    name: str,
+    warm: Callable[[], LoadResult] | None,
+    load: Callable[[], LoadResult],
+) -> tuple[LoadResult, float, float]:
+    """``warm()`` (it must get some successful answer), then ``load()``; returns the load's
+    result, the server's CPU seconds during it and the CPU seconds other processes took."""
+    if warm is not None:
+        result = warm()
+        if result.requests == 0 or sum(result.errors.values()) == result.requests:
+            raise RuntimeError(
+                f"{name}: warm-up got no successful answer "
+                f"(errors {result.errors}); log {server.log_path}\n"
+                f"{server.log_tail()}"
+            )
+    cpu_before, busy_before = server.cpu_seconds(), system_busy_seconds()
+    result = load()
+    server_cpu = server.cpu_seconds() - cpu_before
+    other = system_busy_seconds() - busy_before - server_cpu - result.loadgen_cpu_s
+    return result, server_cpu, other
+
+
 def measure(
-    server: ServerProcess, target: Target, plan: RunPlan, settings: HttpSettings, seed: int
+    server: ServerProcess, target: str, plan: RunPlan, settings: HttpSettings, seed: int
 ) -> dict:
     bodies = make_bodies(MODEL, plan.mode, seed)
     # Cold: warm the code paths with other observations, so the measured ones stay unseen.
     # Warm: the warm-up is what fills the cache with the working set.
     warm_bodies = bodies if plan.mode is Mode.WARM else make_bodies(MODEL, Mode.COLD, seed + 7919)
+    warm = None
     if settings.warmup_s > 0:
-        warm = run_python(server.port, warm_bodies, plan.concurrency, settings.warmup_s)
-        if warm.requests == 0 or sum(warm.errors.values()) == warm.requests:
-            raise RuntimeError(
-                f"{target}: warm-up got no successful answer "
-                f"(errors {warm.errors}); log {server.log_path}\n"
-                f"{server.log_tail()}"
-            )
-    cpu_before, busy_before = server.cpu_seconds(), system_busy_seconds()
-    result = run_load(
+        warm = partial(run_python, server.port, warm_bodies, plan.concurrency, settings.warmup_s)
+    load = partial(
+        run_load,
         settings.generator,
         server.port,
         bodies,
@@ -119,15 +138,15 @@ def measure(
         settings.duration_s,
         wrk_threads=settings.wrk_threads,
     )
-    server_cpu = server.cpu_seconds() - cpu_before
-    other = system_busy_seconds() - busy_before - server_cpu - result.loadgen_cpu_s
+    result, server_cpu, other = measured(server, target, warm, load)
     record = run_record(target, plan, _effective_duration(settings), result, server_cpu, other)
-    if target.is_ours:
+    if target in _OURS:
         with contextlib.suppress(OSError, ValueError, KeyError):
             record["server"] = server_view(server.port)
     return record
 
 
+_OURS = {t.value for t in Target if t.is_ours}
 STAGES = ("parse", "cache", "queue", "inference", "total")
 
 
@@ -165,22 +184,33 @@ def is_noisy(record: dict, settings: HttpSettings, cores: int) -> bool:
     return other is not None and other > settings.noisy_share * record["duration_s"] * cores
 
 
+def quietest(
+    measure_once: Callable[[int], dict], settings: HttpSettings, log: Callable[[str], None] = print
+) -> dict:
+    """``measure_once(attempt)``, repeated while other processes disturb it (bounded by
+    ``noisy_retries``); returns the attempt they disturbed least."""
+    cores = os.cpu_count() or 1
+    attempts = [measure_once(0)]
+    while is_noisy(attempts[-1], settings, cores) and len(attempts) <= settings.noisy_retries:
+        log(f"    other processes took {attempts[-1]['cpu']['other_s']:.2f} CPU-s; measuring again")
+        attempts.append(measure_once(len(attempts)))
+    return min(attempts, key=lambda r: r["cpu"].get("other_s") or 0.0)
+
+
 def measure_quietly(
     server: ServerProcess,
-    target: Target,
+    target: str,
     plan: RunPlan,
     settings: HttpSettings,
     seed: int,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """``measure``, repeated while other processes disturb it (bounded by
-    ``noisy_retries``); returns the attempt they disturbed least."""
-    cores = os.cpu_count() or 1
-    attempts = [measure(server, target, plan, settings, seed)]
-    while is_noisy(attempts[-1], settings, cores) and len(attempts) <= settings.noisy_retries:
-        log(f"    other processes took {attempts[-1]['cpu']['other_s']:.2f} CPU-s; measuring again")
-        attempts.append(measure(server, target, plan, settings, seed + 500 * len(attempts)))
-    return min(attempts, key=lambda r: r["cpu"].get("other_s") or 0.0)
+    """``measure`` with fresh bodies on each noisy retry (see ``quietest``)."""
+    return quietest(
+        lambda attempt: measure(server, target, plan, settings, seed + 500 * attempt),
+        settings,
+        log,
+    )
 
 
 @contextlib.contextmanager
@@ -232,16 +262,31 @@ def run_interleaved(
     seed: int = 7,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Every target up at once, then ``plan`` measured on each in turn, ``rounds`` times,
-    the order reversed every other round (A B, B A, A B): drift on a shared machine then
-    falls on both sides alike. Each record carries its ``pair`` (round) number."""
-    records = []
+    """Every target up at once, then ``interleave``d."""
     with running(targets, settings, launch, log_suffix=".pairs") as servers:
-        for k in range(rounds):
-            order = targets if k % 2 == 0 else reversed(targets)
-            for target in order:
-                log(f"  pair {k + 1}/{rounds}: {target} {plan.mode}@{plan.concurrency} ...")
-                record = measure_quietly(servers[target], target, plan, settings, seed + k, log)
-                record["pair"] = k
-                records.append(record)
+        named = {str(target): servers[target] for target in targets}
+        return interleave(named, plan, rounds, settings, seed, log)
+
+
+def interleave(
+    servers: Mapping[str, ServerProcess],
+    plan: RunPlan,
+    rounds: int,
+    settings: HttpSettings,
+    seed: int = 7,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """``plan`` measured on each running server in turn, ``rounds`` times, the order
+    reversed every other round (A B, B A, A B): drift on a shared machine then falls on both
+    sides alike. Round k sends the same bodies (seed + k) to every server. Each record
+    carries its ``pair`` (round) number."""
+    records = []
+    names = list(servers)
+    for k in range(rounds):
+        order = names if k % 2 == 0 else names[::-1]
+        for name in order:
+            log(f"  pair {k + 1}/{rounds}: {name} {plan.mode}@{plan.concurrency} ...")
+            record = measure_quietly(servers[name], name, plan, settings, seed + k, log)
+            record["pair"] = k
+            records.append(record)
     return records

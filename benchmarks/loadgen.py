@@ -20,14 +20,17 @@ import tempfile
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
 from benchmarks.bodies import SEQUENCE_LIMIT, BodySet
 from benchmarks.procs import LOOPBACK
 from benchmarks.stats import latency_summary, sample
+from benchmarks.wire import StampedRequests
 
 SAMPLES_KEPT = 2000
 # A request unanswered this long counts as an error (both generators).
@@ -37,6 +40,14 @@ REQUEST_TIMEOUT_S = 5
 class Generator(enum.StrEnum):
     WRK = "wrk"
     PYTHON = "python"
+    GRPC_AIO = "grpc.aio"  # benchmarks.grpcload: gRPC calls of pre-serialized bytes
+
+
+class Bodies(Protocol):
+    def body(self, i: int) -> bytes: ...
+
+
+JSON_HEADERS: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
 
 
 def wrk_path() -> str | None:
@@ -75,7 +86,7 @@ class LoadResult:
 class _Shared:
     """State the connections of one run share (one event loop, so no locks)."""
 
-    def __init__(self, bodies: BodySet, deadline: float, max_requests: int | None) -> None:
+    def __init__(self, bodies: Bodies, deadline: float, max_requests: int | None) -> None:
         self.bodies, self.deadline, self.max_requests = bodies, deadline, max_requests
         self.next_index = 0
         self.latencies = array("d")
@@ -110,11 +121,14 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     return status, close
 
 
-async def _connection(port: int, path: str, shared: _Shared) -> None:
-    header = (
-        f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
-        "Content-Type: application/json\r\nContent-Length: "
-    ).encode()
+def request_head(port: int, path: str, headers: Sequence[tuple[str, str]]) -> bytes:
+    """The request up to the Content-Length value, the same for every request of a run."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: {LOOPBACK}:{port}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\nContent-Length: ").encode()
+
+
+async def _connection(port: int, head: bytes, shared: _Shared) -> None:
     reader = writer = None
     while (i := shared.take()) is not None:
         body = shared.bodies.body(i)
@@ -124,7 +138,7 @@ async def _connection(port: int, path: str, shared: _Shared) -> None:
                     reader, writer = await asyncio.open_connection(LOOPBACK, port)
                 assert reader is not None
                 start = time.perf_counter_ns()
-                writer.write(header + str(len(body)).encode() + b"\r\n\r\n" + body)
+                writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
                 status, close = await _read_response(reader)
             shared.latencies.append((time.perf_counter_ns() - start) / 1000.0)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
@@ -149,15 +163,15 @@ async def _close(writer: asyncio.StreamWriter | None) -> None:
 
 async def _drive(
     port: int,
-    path: str,
-    bodies: BodySet,
+    head: bytes,
+    bodies: Bodies,
     concurrency: int,
     duration_s: float,
     max_requests: int | None,
 ) -> tuple[_Shared, float]:
     start = time.perf_counter()
     shared = _Shared(bodies, start + duration_s, max_requests)
-    await asyncio.gather(*(_connection(port, path, shared) for _ in range(concurrency)))
+    await asyncio.gather(*(_connection(port, head, shared) for _ in range(concurrency)))
     return shared, time.perf_counter() - start
 
 
@@ -171,26 +185,40 @@ def _event_loop_runner() -> asyncio.Runner:
 
 def run_python(
     port: int,
-    bodies: BodySet,
+    bodies: Bodies,
     concurrency: int,
     duration_s: float,
     path: str = "/infer",
     max_requests: int | None = None,
+    headers: Sequence[tuple[str, str]] = JSON_HEADERS,
 ) -> LoadResult:
     """``concurrency`` keep-alive connections, each sending its next request as soon as the
     previous answer is read, until ``duration_s`` passes or ``max_requests`` are sent."""
     cpu0 = time.process_time()
+    head = request_head(port, path, headers)
     with _event_loop_runner() as runner:
         shared, elapsed = runner.run(
-            _drive(port, path, bodies, concurrency, duration_s, max_requests)
+            _drive(port, head, bodies, concurrency, duration_s, max_requests)
         )
-    values = shared.latencies.tolist()
+    return summarize(Generator.PYTHON, shared.latencies, elapsed, shared.errors, cpu0)
+
+
+def summarize(
+    generator: Generator,
+    latencies_us: array,
+    elapsed_s: float,
+    errors: Counter[str],
+    cpu0: float,
+) -> LoadResult:
+    """A run's result from the latency of every answer (an error status is an answer) and
+    the error counts (by status, or by socket failure, which has no latency)."""
+    values = latencies_us.tolist()
     return LoadResult(
-        generator=Generator.PYTHON,
+        generator=generator,
         requests=len(values),
-        elapsed_s=elapsed,
+        elapsed_s=elapsed_s,
         latency_us=latency_summary(values),
-        errors=dict(shared.errors),
+        errors=dict(errors),
         loadgen_cpu_s=time.process_time() - cpu0,
         samples_us=sample(values, SAMPLES_KEPT),
     )
@@ -200,35 +228,17 @@ def run_python(
 
 # Each wrk thread has its own Lua state: ``setup`` numbers the threads, so thread t sends
 # sequence numbers t, t + threads, ... and no two threads send the same body.
-WRK_SCRIPT = r"""
+_WRK_THREADS = r"""
 local threads = {}
 
 function setup(thread)
   thread:set("tid", #threads)
   table.insert(threads, thread)
 end
+"""
 
-function init(args)
-  prefix, mode, nthreads, path = args[2], args[3], tonumber(args[4]), args[5]
-  seq_limit = tonumber(args[6])
-  suffixes = {}
-  for line in io.lines(args[1]) do suffixes[#suffixes + 1] = line end
-  n = #suffixes
-  seq = tid
-  statuses = {}
-  headers = {["Content-Type"] = "application/json"}
-end
-
-function request()
-  local i = seq
-  seq = seq + nthreads
-  local idx = i % n
-  local s = i
-  if mode == "warm" then s = idx end
-  local body = prefix .. string.format("0.%07d", s % seq_limit) .. suffixes[idx + 1]
-  return wrk.format("POST", path, headers, body)
-end
-
+# Counts statuses per thread and prints one machine-readable line at the end.
+_WRK_REPORT = r"""
 function response(status, hdrs, body)
   statuses[status] = (statuses[status] or 0) + 1
 end
@@ -253,6 +263,88 @@ function done(summary, latency, requests)
     e.connect, e.read, e.write, e.timeout))
 end
 """
+
+# benchmarks.bodies: prefix .. sequence .. suffix, the suffixes one per line of a file.
+WRK_SCRIPT = (
+    _WRK_THREADS
+    + r"""
+function init(args)
+  prefix, mode, nthreads, path = args[2], args[3], tonumber(args[4]), args[5]
+  seq_limit = tonumber(args[6])
+  suffixes = {}
+  for line in io.lines(args[1]) do suffixes[#suffixes + 1] = line end
+  n = #suffixes
+  seq = tid
+  statuses = {}
+  headers = {["Content-Type"] = "application/json"}
+end
+
+function request()
+  local i = seq
+  seq = seq + nthreads
+  local idx = i % n
+  local s = i
+  if mode == "warm" then s = idx end
+  local body = prefix .. string.format("0.%07d", s % seq_limit) .. suffixes[idx + 1]
+  return wrk.format("POST", path, headers, body)
+end
+"""
+    + _WRK_REPORT
+)
+
+# benchmarks.wire: chunk 0, stamp, chunk 1, ..., stamp, chunk b; the chunks of every template
+# back to back in a binary file (read in binary mode, so any byte may be sent), their lengths
+# one template per line in another. A float32 stamp is 1 + s * 2^-23, little-endian. The
+# bodies are StampedRequests.body(i) byte for byte; wrk calls request() once on thread 0 to
+# check the script, so that thread's first request on the wire is number ``threads``.
+WRK_STAMPED_SCRIPT = (
+    _WRK_THREADS
+    + r"""
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  local blob = f:read("*a")
+  f:close()
+  templates = {}
+  local pos = 1
+  for line in io.lines(args[2]) do
+    local chunks = {}
+    for len in string.gmatch(line, "%d+") do
+      local n = tonumber(len)
+      chunks[#chunks + 1] = string.sub(blob, pos, pos + n - 1)
+      pos = pos + n
+    end
+    templates[#templates + 1] = chunks
+  end
+  nthreads, batch, stamp, path = tonumber(args[3]), tonumber(args[4]), args[5], args[6]
+  headers = {}
+  for k = 7, #args - 1, 2 do headers[args[k]] = args[k + 1] end
+  seq = tid
+  statuses = {}
+  parts = {}
+end
+
+local function stamp_of(s)
+  if stamp == "float32" then
+    s = s % 8388608
+    return string.char(s % 256, math.floor(s / 256) % 256, 128 + math.floor(s / 65536), 63)
+  end
+  return string.format("0.%07d", s % 10000000)
+end
+
+function request()
+  local i = seq
+  seq = seq + nthreads
+  local chunks = templates[(i % #templates) + 1]
+  parts[1] = chunks[1]
+  for r = 1, batch do
+    parts[2 * r] = stamp_of(i * batch + r - 1)
+    parts[2 * r + 1] = chunks[r + 1]
+  end
+  return wrk.format("POST", path, headers, table.concat(parts, "", 1, 2 * batch + 1))
+end
+"""
+    + _WRK_REPORT
+)
 
 
 def _wait_with_rusage(proc: subprocess.Popen[bytes], timeout_s: float) -> float:
@@ -291,24 +383,27 @@ def wrk_seconds(duration_s: float) -> int:
     return max(1, int(duration_s + 0.999))
 
 
-def run_wrk(
+def _run_wrk_script(
+    script: str,
+    write_data: Callable[[Path, int], list[str]],
     port: int,
-    bodies: BodySet,
+    path: str,
     concurrency: int,
     duration_s: float,
-    path: str = "/infer",
-    threads: int = 1,
+    threads: int,
 ) -> LoadResult:
-    """wrk with the Lua script above; wrk takes whole seconds, so the duration rounds up."""
+    """wrk with ``script``; ``write_data(tmp, threads)`` writes the script's data files into
+    ``tmp`` and returns the script's arguments. wrk takes whole seconds: the duration rounds
+    up."""
     exe = wrk_path()
     if exe is None:
         raise RuntimeError("wrk is not on PATH")
     threads = max(1, min(threads, concurrency))
     seconds = wrk_seconds(duration_s)
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
-        script, data, out = Path(tmp, "bodies.lua"), Path(tmp, "bodies.txt"), Path(tmp, "out")
-        script.write_text(WRK_SCRIPT)
-        bodies.write_lua_data(data)
+        script_path, out = Path(tmp, "bodies.lua"), Path(tmp, "out")
+        script_path.write_text(script)
+        args = write_data(Path(tmp), threads)
         argv = [
             exe,
             "-t",
@@ -320,15 +415,10 @@ def run_wrk(
             "--timeout",
             f"{REQUEST_TIMEOUT_S}s",
             "-s",
-            str(script),
+            str(script_path),
             f"http://{LOOPBACK}:{port}{path}",
             "--",
-            str(data),
-            bodies.prefix.decode(),
-            str(bodies.mode),
-            str(threads),
-            path,
-            str(SEQUENCE_LIMIT),
+            *args,
         ]
         with out.open("wb") as sink:
             proc = subprocess.Popen(
@@ -346,6 +436,43 @@ def run_wrk(
         latency_us={k: float(report[k]) for k in ("p50", "p99", "p99_9", "max")},
         errors=wrk_errors(report),
         loadgen_cpu_s=cpu,
+    )
+
+
+def run_wrk(
+    port: int,
+    bodies: BodySet,
+    concurrency: int,
+    duration_s: float,
+    path: str = "/infer",
+    threads: int = 1,
+) -> LoadResult:
+    """wrk sending ``bodies`` (prefix, sequence number, suffix) to ``path``."""
+
+    def write_data(tmp: Path, threads: int) -> list[str]:
+        data = tmp / "bodies.txt"
+        bodies.write_lua_data(data)
+        mode = str(bodies.mode)
+        prefix = bodies.prefix.decode()
+        return [str(data), prefix, mode, str(threads), path, str(SEQUENCE_LIMIT)]
+
+    return _run_wrk_script(WRK_SCRIPT, write_data, port, path, concurrency, duration_s, threads)
+
+
+def run_wrk_stamped(
+    port: int, requests: StampedRequests, concurrency: int, duration_s: float, threads: int = 1
+) -> LoadResult:
+    """wrk sending ``requests`` (any protocol over HTTP, binary bodies included)."""
+
+    def write_data(tmp: Path, threads: int) -> list[str]:
+        blob, index = tmp / "chunks.bin", tmp / "chunks.idx"
+        requests.write_wrk_data(blob, index)
+        headers = [item for pair in requests.headers for item in pair]
+        batch, stamp = str(requests.batch), str(requests.stamp)
+        return [str(blob), str(index), str(threads), batch, stamp, requests.path, *headers]
+
+    return _run_wrk_script(
+        WRK_STAMPED_SCRIPT, write_data, port, requests.path, concurrency, duration_s, threads
     )
 
 

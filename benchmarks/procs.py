@@ -95,7 +95,9 @@ def http_get_status(port: int, path: str, timeout_s: float = 2.0) -> int | None:
 
 
 class ServerProcess:
-    """A target started in its own session, so that stopping it reaches its workers too."""
+    """A target started in its own session, so that stopping it reaches its workers too.
+    It runs from ``root`` (its working directory, first on its ``PYTHONPATH``): this
+    checkout by default, or another source tree of the project."""
 
     def __init__(
         self,
@@ -104,9 +106,11 @@ class ServerProcess:
         port: int,
         log_path: Path,
         env: dict[str, str] | None = None,
+        root: Path = REPO_ROOT,
     ) -> None:
         self.name, self.argv, self.port, self.log_path = name, list(argv), port, log_path
         self._env = env
+        self.root = root
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -118,7 +122,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ if self._env is None else self._env)
         # The project need not be installed: run from the checkout, as `python -m` would.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")]))
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -126,7 +130,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                cwd=REPO_ROOT,
+                cwd=self.root,
                 start_new_session=True,
             )
 
@@ -147,6 +151,20 @@ class ServerProcess:
             f"{self.name} not ready on port {self.port} after {timeout_s:.0f} s; "
             f"log: {self.log_path}\n{self.log_tail()}"
         )
+
+    def wait_listening(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        """For a server with no HTTP health route (the gRPC floor): until its port accepts."""
+        deadline = clock() + timeout_s
+        while clock() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} before it listened; "
+                    f"log: {self.log_path}\n{self.log_tail()}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), 1):
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not listening on port {self.port} after {timeout_s:.0f} s")
 
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):

@@ -68,10 +68,11 @@ def versions(wrk: str | None = None) -> dict:
     return found
 
 
-def git_commit() -> str:
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """The checkout's HEAD commit, ``-dirty`` when tracked files differ from it."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -80,7 +81,7 @@ def git_commit() -> str:
         return "unknown"
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=REPO_ROOT,
+        cwd=root,
         capture_output=True,
         text=True,
         timeout=5,

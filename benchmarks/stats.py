@@ -277,3 +277,125 @@ def compute_ratios(runs: Sequence[dict], subject: str = "ours") -> dict[str, flo
                 if value is not None:
                     out[f"{metric}:{mode}@{conc}:{subject}/{baseline}"] = round(value, 4)
     return out
+
+
+# --- protocols ----------------------------------------------------------------------------
+
+# For scale (the issue): a KServe 0.21 Python model server measured on this machine answered
+# tritonclient binary batch-1 requests in about 1.1 ms p50; ours should be under 0.2 ms.
+OIP_BINARY_P50_BAR_US = 200.0
+
+
+def protocol_bars(runs: Sequence[dict]) -> list[BarResult]:
+    """The protocols run's bars: OIP binary's batch-1 latency, and every run error-free."""
+    name = f"OIP binary batch 1, 1 client: p50 < {OIP_BINARY_P50_BAR_US:.0f} us"
+    binary = next(
+        (
+            r
+            for r in runs
+            if r.get("protocol") == "oip_binary" and r.get("batch") == 1 and r["concurrency"] == 1
+        ),
+        None,
+    )
+    p50 = _p(binary, "p50")
+    bars = [
+        _missing(name, "oip_binary batch 1 @1")
+        if p50 is None
+        else BarResult(name, p50 < OIP_BINARY_P50_BAR_US, f"p50 {p50:.0f} us")
+    ]
+    failed = [r for r in runs if error_count(r)]
+    total = sum(error_count(r) for r in runs)
+    bars.append(
+        BarResult(
+            "every protocol run answered without errors",
+            not failed if runs else None,
+            f"{total} errors in {len(failed)} of {len(runs)} runs"
+            + "".join(f"; {r['target']}@{r['concurrency']}: {r['errors']}" for r in failed[:4]),
+        )
+    )
+    return bars
+
+
+def vs_native(runs: Sequence[dict], metric: str = "p50") -> dict[int, float | None]:
+    """Per run (by index) its ``metric`` over the native run's at the same batch and
+    clients; rps is better above 1, latency below."""
+    native = {(r.get("batch"), r["concurrency"]): r for r in runs if r.get("protocol") == "native"}
+    out: dict[int, float | None] = {}
+    for k, r in enumerate(runs):
+        base = native.get((r.get("batch"), r["concurrency"]))
+        out[k] = None if base is None else ratio(_metric(r, metric), _metric(base, metric))
+    return out
+
+
+# --- two source trees, interleaved --------------------------------------------------------
+
+AB_METRICS: tuple[str, ...] = ("rps", "p50", "p99", "p99_9")
+AB_SIDES = ("baseline", "candidate")
+
+
+def ab_summary(pairs: Sequence[dict]) -> list[dict]:
+    """Per (mode, clients): how many complete pairs, each side's median of every metric, the
+    candidate/baseline ratio of each pair and their median (drift between pairs cancels in
+    a ratio taken within the pair)."""
+    groups: dict[tuple[str, int], dict[int, dict[str, dict]]] = {}
+    for record in pairs:
+        key = (record["mode"], int(record["concurrency"]))
+        groups.setdefault(key, {}).setdefault(record["pair"], {})[record["target"]] = record
+    out = []
+    for (mode, clients), by_pair in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        complete_keys = [k for k in sorted(by_pair) if set(AB_SIDES) <= set(by_pair[k])]
+        complete = [by_pair[k] for k in complete_keys]
+        per_pair = []
+        for k, sides in zip(complete_keys, complete, strict=True):
+            ratios = {
+                m: ratio(_metric(sides["candidate"], m), _metric(sides["baseline"], m))
+                for m in AB_METRICS
+            }
+            per_pair.append({"pair": k + 1, "ratio": _rounded(ratios)})
+        entry: dict = {"mode": mode, "concurrency": clients, "pairs": len(complete)}
+        for side in AB_SIDES:
+            entry[side] = _rounded(
+                {m: _median([_metric(s[side], m) for s in complete]) for m in AB_METRICS}, 1
+            )
+        entry["ratio"] = _rounded(
+            {m: _median([p["ratio"][m] for p in per_pair]) for m in AB_METRICS}
+        )
+        entry["per_pair"] = per_pair
+        out.append(entry)
+    return out
+
+
+def ab_checks(summary: Sequence[dict], tolerance: float = 0.05) -> list[BarResult]:
+    """The native path keeps its figures: at 1 client p50 and p99, at more clients
+    throughput, each no worse than ``tolerance`` (median of the pair ratios)."""
+    bars = []
+    for entry in summary:
+        clients, ratios = entry["concurrency"], entry["ratio"]
+        where = f"{entry['mode']}@{clients}"
+        if clients == 1:
+            for m in ("p50", "p99"):
+                r = ratios.get(m)
+                name = f"{where}: {m} within {100 * tolerance:.0f}% of the baseline"
+                bars.append(_ab_bar(name, r, r is not None and r <= 1 + tolerance, entry))
+        else:
+            r = ratios.get("rps")
+            name = f"{where}: throughput within {100 * tolerance:.0f}% of the baseline"
+            bars.append(_ab_bar(name, r, r is not None and r >= 1 - tolerance, entry))
+    return bars
+
+
+def _ab_bar(name: str, value: float | None, met: bool, entry: dict) -> BarResult:
+    if value is None:
+        return BarResult(name, None, "no complete pair")
+    return BarResult(
+        name, met, f"candidate/baseline x{value:.3f}, median of {entry['pairs']} pairs"
+    )
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _rounded(values: dict[str, float | None], digits: int = 4) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, digits) for k, v in values.items()}

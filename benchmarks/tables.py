@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from benchmarks.stats import BarResult
+from benchmarks.stats import AB_METRICS, AB_SIDES, BarResult, vs_native
 
 RUN_COLUMNS = (
     "target",
@@ -31,11 +31,15 @@ def _num(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _errors(run: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in run["errors"].items() if v) or "0"
+
+
 def run_rows(runs: Sequence[dict]) -> list[list[str]]:
     rows = []
     for r in runs:
         lat, cpu = r["latency_us"], r["cpu"]
-        errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items() if v) or "0"
+        errors = _errors(r)
         pair = r.get("pair")
         rows.append(
             [
@@ -129,3 +133,85 @@ def noise_text(runs: Sequence[dict], cores: int) -> str | None:
         f"note: other processes used {100 * share:.0f}% of the {cores} cores during the runs "
         "(column 'other'); rerun on a quiet machine before trusting the figures"
     )
+
+
+PROTOCOL_COLUMNS = (
+    "protocol",
+    "batch",
+    "clients",
+    "gen",
+    "requests",
+    "req/s",
+    "rows/s",
+    "p50 us",
+    "p99 us",
+    "p99.9 us",
+    "max us",
+    "errors",
+    "p50 vs native",
+    "server cpu us/req",
+    "cpu s: server",
+    "loadgen",
+    "other",
+)
+
+
+def protocol_rows(runs: Sequence[dict]) -> list[list[str]]:
+    """One row per protocol run; ``p50 vs native`` is its p50 over native's at the same
+    batch and clients; ``server cpu us/req`` the server's CPU (front and workers) per
+    request, which no client cost is part of."""
+    versus = vs_native(runs, "p50")
+    rows = []
+    for k, r in enumerate(runs):
+        lat, cpu = r["latency_us"], r["cpu"]
+        rows.append(
+            [
+                _protocol_label(r),
+                str(r.get("batch", 1)),
+                str(r["concurrency"]),
+                r["generator"],
+                str(r["requests"]),
+                _num(r["rps"]),
+                _num(r.get("rows_per_s", r["rps"])),
+                _num(lat.get("p50")),
+                _num(lat.get("p99")),
+                _num(lat.get("p99_9")),
+                _num(lat.get("max")),
+                _errors(r),
+                "n/a" if versus[k] is None else f"x{versus[k]:.2f}",
+                _num(1e6 * cpu["server_s"] / r["requests"] if r["requests"] else None),
+                _num(cpu["server_s"], 2),
+                _num(cpu["loadgen_s"], 2),
+                _num(cpu.get("other_s"), 2),
+            ]
+        )
+    return rows
+
+
+def _protocol_label(run: dict) -> str:
+    protocol = run.get("protocol", run["target"])
+    server = run.get("server", "ours")
+    return protocol if server == "ours" else f"{protocol} ({server})"
+
+
+AB_COLUMNS = ("mode", "clients", "", "rps", "p50 us", "p99 us", "p99.9 us")
+
+
+def _ratio_cells(ratios: dict) -> list[str]:
+    return ["n/a" if ratios.get(m) is None else f"x{ratios[m]:.3f}" for m in AB_METRICS]
+
+
+def ab_rows(summary: Sequence[dict]) -> list[list[str]]:
+    """Per plan: each side's medians, every pair's candidate/baseline ratio, their median."""
+    rows = []
+    for entry in summary:
+        lead = [entry["mode"], str(entry["concurrency"])]
+        n = entry["pairs"]
+        for side in AB_SIDES:
+            values = entry[side]
+            cells = [_num(values.get(m)) for m in AB_METRICS]
+            rows.append([*lead, f"{side}, median of {n}", *cells])
+        for pair in entry["per_pair"]:
+            rows.append([*lead, f"ratio, pair {pair['pair']}", *_ratio_cells(pair["ratio"])])
+        rows.append([*lead, "ratio, median of pairs", *_ratio_cells(entry["ratio"])])
+    return rows

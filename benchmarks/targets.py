@@ -34,6 +34,7 @@ class LaunchOptions:
     workers: int | None = None  # None: the server's own default
     cache_size: int | None = None  # None: the server's own default; 0 turns the cache off
     fronts: int | None = None  # None: the server's own default (1)
+    server_args: tuple[str, ...] = ()  # more flags for our server (e.g. --grpc-port P)
 
 
 def server_available() -> bool:
@@ -51,6 +52,14 @@ def command(target: Target, port: int, options: LaunchOptions) -> list[str]:
             "--artifacts",
             str(options.artifacts),
         ]
+    argv = server_command(port, options)
+    if target is Target.OURS_NO_MONITORING:
+        argv.append("--no-monitoring")
+    return argv
+
+
+def server_command(port: int, options: LaunchOptions) -> list[str]:
+    """``python -m server`` on ``port``: whichever tree's ``server`` the process imports."""
     argv = [
         sys.executable,
         "-m",
@@ -68,9 +77,7 @@ def command(target: Target, port: int, options: LaunchOptions) -> list[str]:
         argv += ["--fronts", str(options.fronts)]
     if options.cache_size is not None:
         argv += ["--cache-size", str(options.cache_size)]
-    if target is Target.OURS_NO_MONITORING:
-        argv.append("--no-monitoring")
-    return argv
+    return argv + list(options.server_args)
 
 
 def server_process(target: Target, options: LaunchOptions, log_path: Path) -> ServerProcess:

@@ -1,11 +1,17 @@
 """The benchmark tool against real servers on loopback, with tiny durations: the baselines
-start and answer the contract, both load generators measure, the CLI writes its document."""
+start and answer the contract, both load generators measure, the CLI writes its document,
+every protocol is measured on rows the cache has never seen (and wrk sends, to a capturing
+server, exactly the bodies the Python builder makes), two source trees in pairs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +22,15 @@ import pytest
 import torch
 
 import models
+from benchmarks import __main__ as cli
 from benchmarks.bodies import Mode, make_bodies
 from benchmarks.httpbench import HttpSettings, RunPlan, measure, run_interleaved
-from benchmarks.loadgen import Generator, run_python, wrk_path
+from benchmarks.loadgen import Generator, run_python, run_wrk_stamped, wrk_path
 from benchmarks.procs import ServerProcess, process_tree
+from benchmarks.protocols import ProtocolPlan, measure_protocol
 from benchmarks.targets import LaunchOptions, Target, server_process
-from tests.support import ROOT, pid_alive, start_server
+from benchmarks.wire import Protocol, build_requests
+from tests.support import ROOT, free_port, pid_alive, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +176,158 @@ def test_interleaved_pairs_alternate_the_order_and_number_the_rounds(
         "ours.pairs.log",
         "ours_no_monitoring.pairs.log",
     }
+
+
+def test_every_protocol_is_measured_on_rows_the_cache_never_saw(
+    artifacts_dir: Path, tmp_path: Path
+) -> None:
+    generators = [Generator.PYTHON] + ([Generator.WRK] if wrk_path() else [])
+    grpc_port = free_port()
+    with start_server(artifacts_dir, workers=2, args=["--grpc-port", str(grpc_port)]) as handle:
+        server = ServerProcess("ours", [], handle.port, handle.log_path)
+        server.proc = handle.process
+        rows = 0
+        for k, generator in enumerate(generators):
+            settings = HttpSettings(duration_s=0.5, generator=generator, logs_dir=tmp_path,
+                                    warmup_s=0.2)  # fmt: skip
+            for j, protocol in enumerate(Protocol):
+                if protocol.is_grpc and generator is not Generator.PYTHON:
+                    continue  # gRPC has one generator
+                for batch in (1, 3):
+                    plan = ProtocolPlan(protocol, batch, 2)
+                    # a seed per run: one seed gives the same rows in every protocol
+                    seed = 100 * k + 10 * j + batch
+                    record = measure_protocol(server, grpc_port, plan, settings, seed)
+                    check_record(record, "grpc.aio" if protocol.is_grpc else str(generator))
+                    assert record["target"] == f"ours:{protocol}:b{batch}"
+                    assert (record["protocol"], record["batch"]) == (str(protocol), batch)
+                    assert record["rows_per_s"] == pytest.approx(record["rps"] * batch, rel=1e-3)
+                    rows += record["requests"] * batch
+        cache = httpx.get(f"{handle.url}/stats").json()["cache"]
+        assert cache["hits"] == 0, cache  # warm-ups and runs alike sent only new rows
+        assert cache["misses"] >= rows
+        server.proc = None  # start_server stops it and checks its workers
+
+
+def test_protocols_cli_writes_the_result_document(artifacts_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "protocols.json"
+    argv = [sys.executable, "-m", "benchmarks", "protocols", "--protocols", "oip_json,grpc",
+            "--batch", "1,2", "--concurrency", "2", "--duration", "0.5", "--warmup", "0.2",
+            "--generator", "python", "--workers", "1", "--artifacts", str(artifacts_dir),
+            "--out", str(out)]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "p50 vs native" in done.stdout and str(out) in done.stdout
+    doc = orjson.loads(out.read_bytes())
+    assert doc["kind"] == "benchmark" and doc["command"] == "protocols"
+    assert [(r["server"], r["protocol"], r["batch"]) for r in doc["runs"]] == [
+        ("ours", "oip_json", 1), ("ours", "oip_json", 2), ("ours", "grpc", 1),
+        ("ours", "grpc", 2), ("grpc_floor", "grpc", 1), ("grpc_floor", "grpc", 2)]  # fmt: skip
+    for record in doc["runs"]:
+        check_record(record, "grpc.aio" if record["protocol"] == "grpc" else "python")
+    assert [b["bar"] for b in doc["bars"]][1] == "every protocol run answered without errors"
+    assert doc["bars"][1]["met"] is True
+
+
+class CaptureServer:
+    """A loopback HTTP/1.1 server that answers every request with an empty 200 and keeps
+    the first ``limit`` bodies it was sent, in order (one client connection at a time)."""
+
+    def __init__(self, limit: int) -> None:
+        self.bodies: list[bytes] = []
+        self.headers: list[bytes] = []
+        self.limit = limit
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffer = b""
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(1 << 20):
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    head, rest = buffer.split(b"\r\n\r\n", 1)
+                    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                    length = int(fields[b"Content-Length"])
+                    if len(rest) < length:
+                        break
+                    if len(self.bodies) < self.limit:
+                        self.bodies.append(rest[:length])
+                        self.headers.append(head)
+                    buffer = rest[length:]
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("protocol", [p for p in Protocol if not p.is_grpc])
+def test_wrk_sends_the_bytes_the_python_builder_makes(protocol: Protocol) -> None:
+    if wrk_path() is None:
+        pytest.skip("wrk is not on PATH (apt-get install wrk)")
+    requests = build_requests(protocol, "tactical", 2, seed=11)
+    capture = CaptureServer(limit=40)
+    try:
+        result = run_wrk_stamped(capture.port, requests, concurrency=1, duration_s=1)
+    finally:
+        capture.close()
+    assert result.requests >= 40 and len(capture.bodies) == 40
+    # wrk calls request() once to check the script before the run: the wire starts at 1
+    assert capture.bodies == [requests.body(i) for i in range(1, 41)]
+    head = capture.headers[0]
+    assert head.startswith(f"POST {requests.path} HTTP/1.1".encode())
+    for name, value in requests.headers:
+        assert f"\r\n{name}: {value}".encode() in head
+    if protocol is not Protocol.NATIVE:
+        assert b"Content-Type" not in head  # as tritonclient
+
+
+def copy_of_the_project(dest: Path, marker: str) -> Path:
+    """The packages the server imports, copied, with ``marker`` printed when ``server`` is
+    imported: the log then shows which tree a process ran."""
+    for package in ("server", "models", "optimize", "monitoring"):
+        shutil.copytree(ROOT / package, dest / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    init = dest / "server" / "__init__.py"
+    init.write_text(init.read_text() + f"\nprint({marker!r}, file=__import__('sys').stderr)\n")
+    return dest
+
+
+def test_ab_runs_two_trees_in_interleaved_pairs(
+    artifacts_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    baseline = copy_of_the_project(tmp_path / "before", "tree-marker: the copied tree")
+    monkeypatch.setattr(cli, "RESULTS_DIR", tmp_path / "results")  # logs go under it
+    out = tmp_path / "ab.json"
+    argv = ["ab", "--baseline-tree", str(baseline), "--concurrency", "1,2", "--rounds", "2",
+            "--duration", "0.3", "--warmup", "0.1", "--generator", "python", "--workers", "1",
+            "--noisy-retries", "0", "--artifacts", str(artifacts_dir),
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    doc = orjson.loads(out.read_bytes())
+    assert doc["command"] == "ab" and doc["runs"] == []
+    trees = doc["ab"]["trees"]
+    assert trees["baseline"] == {"path": str(baseline.resolve()), "commit": "unknown"}
+    assert trees["candidate"]["path"] == str(ROOT) and trees["candidate"]["commit"] != "unknown"
+    order = [(r["concurrency"], r["pair"], r["target"]) for r in doc["pairs"]]
+    assert order == [(1, 0, "baseline"), (1, 0, "candidate"), (1, 1, "candidate"),
+                     (1, 1, "baseline"), (2, 0, "baseline"), (2, 0, "candidate"),
+                     (2, 1, "candidate"), (2, 1, "baseline")]  # fmt: skip
+    for record in doc["pairs"]:
+        check_record(record, "python")
+    summary = doc["ab"]["summary"]
+    assert [(s["concurrency"], s["pairs"], len(s["per_pair"])) for s in summary] == [
+        (1, 2, 2), (2, 2, 2)]  # fmt: skip
+    assert all(s["ratio"]["rps"] > 0 for s in summary)
+    assert [b["bar"].split(":")[0] for b in doc["bars"]] == ["cold@1", "cold@1", "cold@2"]
+    # each server ran its own tree's code (the workers too: they print the marker as well)
+    logs = tmp_path / "results" / "logs"
+    assert "tree-marker" in (logs / "ab-baseline.log").read_text()
+    assert "tree-marker" not in (logs / "ab-candidate.log").read_text()
