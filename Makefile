@@ -41,10 +41,10 @@ audit: install-dev
 bench: install-dev
 	$(PY) -m benchmarks compare
 
-# The Open Inference Protocol's gRPC modules are committed; regenerate after editing the .proto.
+# The Open Inference Protocol's gRPC messages are committed; regenerate after editing the .proto.
 proto: install-dev
 	$(PY) -m pip install --quiet -c constraints.txt 'grpcio-tools>=1.81.1'
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
 		server/oip_proto/inference.proto
 
 clean:

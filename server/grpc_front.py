@@ -12,9 +12,36 @@ from server.codecs.oip_grpc import InferenceServicer
 from server.config import ServerConfig
 from server.core import InferCore
 from server.grpc_decode import RefuseUndecodable
-from server.oip_proto import inference_pb2_grpc as pb_grpc
+from server.oip_proto import inference_pb2 as pb
 
 log = logging.getLogger("server.grpc")
+SERVICE = "inference.GRPCInferenceService"  # the protocol's path, whatever our package
+_METHODS = {
+    "ServerLive": pb.ServerLiveRequest,
+    "ServerReady": pb.ServerReadyRequest,
+    "ModelReady": pb.ModelReadyRequest,
+    "ServerMetadata": pb.ServerMetadataRequest,
+    "ModelMetadata": pb.ModelMetadataRequest,
+    "ModelInfer": pb.ModelInferRequest,
+}
+
+
+def service_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+    """``servicer``'s methods under the protocol's service path, each taking its request
+    message and answering any message (``SerializeToString``)."""
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=request.FromString,
+            response_serializer=_serialize,
+        )
+        for name, request in _METHODS.items()
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
 
 
 class GrpcFront:
@@ -32,7 +59,7 @@ class GrpcFront:
             ],
         )
         servicer = InferenceServicer(core, runtime, config.max_request_batch)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        self._server.add_generic_rpc_handlers((service_handler(servicer),))
 
     async def start(self) -> None:
         address = f"{self.config.host}:{self.config.grpc_port}"

@@ -18,7 +18,6 @@ from server.codecs import oip
 from server.core import InferCore, Job
 from server.errors import ApiError, InternalError
 from server.oip_proto import inference_pb2 as pb
-from server.oip_proto import inference_pb2_grpc as pb_grpc
 from server.pool import MODEL_NAMES
 
 log = logging.getLogger("server")
@@ -89,7 +88,9 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[bytes | None, str]:
     return (key.encode() if isinstance(key, str) else key), client
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
+    """The protocol's six methods (registered by ``server.grpc_front``)."""
+
     def __init__(self, core: InferCore, runtime: Any, max_batch: int) -> None:
         """``runtime``: what serves (its ``pool`` and ``manifest``), for health and metadata."""
         self.core = core
