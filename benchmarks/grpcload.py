@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from array import array
-from collections import Counter
 
 import grpc
 
-from benchmarks.loadgen import REQUEST_TIMEOUT_S, Bodies, Generator, LoadResult, summarize
+from benchmarks.loadgen import REQUEST_TIMEOUT_S, Bodies, Generator, LoadResult, Shared, summarize
 from benchmarks.procs import LOOPBACK
 
 CONNECT_TIMEOUT_S = 10.0
@@ -30,25 +28,7 @@ _CHANNEL_OPTIONS = (
 )
 
 
-class _Shared:
-    def __init__(self, bodies: Bodies, max_requests: int | None) -> None:
-        self.bodies, self.max_requests = bodies, max_requests
-        self.deadline = 0.0  # set once every channel is connected
-        self.next_index = 0
-        self.latencies = array("d")
-        self.errors: Counter[str] = Counter()
-
-    def take(self) -> int | None:
-        if time.perf_counter() >= self.deadline:
-            return None
-        if self.max_requests is not None and self.next_index >= self.max_requests:
-            return None
-        i = self.next_index
-        self.next_index += 1
-        return i
-
-
-async def _caller(channel: grpc.aio.Channel, method: str, shared: _Shared) -> None:
+async def _caller(channel: grpc.aio.Channel, method: str, shared: Shared) -> None:
     call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
     while (i := shared.take()) is not None:
         request = shared.bodies.body(i)
@@ -67,8 +47,8 @@ async def _drive(
     concurrency: int,
     duration_s: float,
     max_requests: int | None,
-) -> tuple[_Shared, float]:
-    shared = _Shared(bodies, max_requests)
+) -> tuple[Shared, float]:
+    shared = Shared(bodies, 0.0, max_requests)  # the deadline is set once connected
     target = f"{LOOPBACK}:{port}"
     channels = [
         grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS) for _ in range(concurrency)

@@ -83,7 +83,7 @@ class LoadResult:
 # --- Python generator ----------------------------------------------------------------------
 
 
-class _Shared:
+class Shared:
     """State the connections of one run share (one event loop, so no locks)."""
 
     def __init__(self, bodies: Bodies, deadline: float, max_requests: int | None) -> None:
@@ -128,7 +128,7 @@ def request_head(port: int, path: str, headers: Sequence[tuple[str, str]]) -> by
     return ("\r\n".join(lines) + "\r\nContent-Length: ").encode()
 
 
-async def _connection(port: int, head: bytes, shared: _Shared) -> None:
+async def _connection(port: int, head: bytes, shared: Shared) -> None:
     reader = writer = None
     while (i := shared.take()) is not None:
         body = shared.bodies.body(i)
@@ -168,9 +168,9 @@ async def _drive(
     concurrency: int,
     duration_s: float,
     max_requests: int | None,
-) -> tuple[_Shared, float]:
+) -> tuple[Shared, float]:
     start = time.perf_counter()
-    shared = _Shared(bodies, start + duration_s, max_requests)
+    shared = Shared(bodies, start + duration_s, max_requests)
     await asyncio.gather(*(_connection(port, head, shared) for _ in range(concurrency)))
     return shared, time.perf_counter() - start
 

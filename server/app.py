@@ -23,6 +23,7 @@ from server.codecs.oip import is_oip_path
 from server.codecs.oip_rest import error_body as oip_error_body
 from server.config import ServerConfig
 from server.errors import ApiError, NoHealthyWorker, error_body
+from server.head import RequestHead
 from server.oip_routes import add_oip_routes, oip_error
 from server.pool import MODEL_NAMES
 from server.runtime import ReloadRefused, Runtime
@@ -199,12 +200,8 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
     async def reload(request: Request) -> Response:
         if runtime.core is None:
             return _starting()
-        key = request.headers.get("x-api-key")
-        bearer = request.headers.get("authorization", "")
-        if key is None and bearer[:7].lower() == "bearer ":
-            key = bearer[7:]
         try:
-            runtime.core.check_admin_key(key.encode() if key is not None else None)
+            runtime.core.check_admin_key(RequestHead(request.scope["headers"], None).api_key)
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
         try:
