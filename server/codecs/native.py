@@ -24,27 +24,27 @@ _ACTION_BYTES = {str(i).encode(): name.encode() for i, name in enumerate(ACTIONS
 _ACTION_BYTES.update({k + b".0": v for k, v in _ACTION_BYTES.items()})
 
 
-def _row_pieces(agents: tuple[str, ...]) -> tuple[bytes, ...]:
-    """The constant text between a row's twelve numbers, in the order they are written:
-    action, confidence, the probabilities agent by agent, value."""
+def _row_template(agents: tuple[str, ...]) -> bytes:
+    """A row's fields with a ``%s`` for each of its twelve numbers, in the order they are
+    written: action, confidence, the probabilities agent by agent, value."""
     pieces = ['"action":"', '","confidence":']
     for i, agent in enumerate(agents):
         pieces.append((',"agents":{' if i == 0 else "],") + f'"{agent}":[')
         pieces += [",", ","]
     pieces.append(']},"value":')
-    return tuple(p.encode() for p in pieces)
+    return "%s".join(p.replace("%", "%%") for p in pieces).encode() + b"%s"
 
 
 class Renderer:
     """Row outputs to the contract's fields. orjson writes float32 in its shortest form
     (0.41, not 0.4099999964237213). A single row is copied into a float32 array made once
     and rendered by one orjson call: no numpy call per request; a batch is rendered by one
-    orjson call over all its rows."""
+    orjson call over all its rows. The numbers then go into the row's text in one ``%``."""
 
-    __slots__ = ("_one", "_one_view", "_pieces")
+    __slots__ = ("_one", "_one_view", "_template")
 
     def __init__(self, agents: tuple[str, ...]) -> None:
-        self._pieces = _row_pieces(agents)
+        self._template = _row_template(agents)
         self._one = np.zeros(FLOATS, dtype=np.float32)
         self._one_view = memoryview(self._one).cast("B")
 
@@ -63,14 +63,10 @@ class Renderer:
         return [self._join(text[i : i + FLOATS]) for i in range(0, len(text), FLOATS)]
 
     def _join(self, v: list[bytes]) -> bytes:
-        p = self._pieces
-        parts = [p[0], _ACTION_BYTES[v[11]], p[1], v[10]]
-        for i in range(9):
-            parts.append(p[2 + i])
-            parts.append(v[i])
-        parts.append(p[11])
-        parts.append(v[9])
-        return b"".join(parts)
+        # one C call: a loop of appends and a join cost ~2 us more per row
+        return self._template % (
+            _ACTION_BYTES[v[11]], v[10], v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]
+        )
 
 
 class NativeJob(Job):

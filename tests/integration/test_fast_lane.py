@@ -169,3 +169,21 @@ def test_same_answers_with_the_fast_lane_off(artifacts_dir: Path, server) -> Non
     a.pop("cached"), b.pop("cached")
     assert a == b
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+
+
+def test_keep_alive_timeout_counts_from_the_last_fast_lane_answer(server) -> None:
+    """uvicorn closes a connection idle for its keep-alive timeout (5 s); the fast lane keeps
+    one timer per connection instead of one per answer, so the timeout must still count from
+    the last answer: a client that asks every 2 s keeps its connection, an idle one loses it."""
+    sock, reader = connect(server)
+    for _ in range(4):  # 6 s of traffic, past the first timer's 5 s
+        sock.sendall(post())
+        assert reader.response()[0] == 200
+        time.sleep(2)
+    sock.sendall(post())
+    assert reader.response()[0] == 200
+    sock.settimeout(8)
+    started = time.monotonic()
+    assert reader.closed()  # blocks until the server closes the idle connection
+    assert 4.5 < time.monotonic() - started < 7.5
+    sock.close()
