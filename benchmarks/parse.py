@@ -3,9 +3,12 @@
 Times, per tactical ``POST /infer`` body with values of 6 and of 9 decimals, what turns the
 body into a float32 row:
 
-- ``current``: the server's parser (``server.validation.RequestParser``): orjson, then one
-  ``struct`` pack per row;
-- ``before``: the parser as it was (orjson, a row-length check, one pack of all 420 numbers);
+- ``current``: the server's parser (``server.validation.RequestParser``): simdjson's tape,
+  the numbers copied out as float64 in one call and cast (``server/simd_reader.py``);
+- ``orjson path``: the same parser's path for bodies the fast reader is not sure of:
+  orjson, then one ``struct`` pack per row (the current parser until the simdjson reader);
+- ``before``: the parser before that (orjson, a row-length check, one pack of all 420
+  numbers);
 - ``msgspec``: a typed decoder straight into the request's shape (``msgspec.Struct`` with
   ``list[list[float]]``), then the same row packs (when msgspec is installed);
 - ``orjson only``: ``orjson.loads`` alone, the floor of the orjson paths.
@@ -79,7 +82,8 @@ def _msgspec() -> Candidate | None:
 
 def candidates() -> dict[str, Candidate]:
     parser = RequestParser(SPECS, MODEL_INDEX, 256)
-    out: dict[str, Candidate] = {"current": parser.parse, "before": _before()}
+    out: dict[str, Candidate] = {"current": parser.parse, "orjson path": parser.parse_orjson}
+    out["before"] = _before()
     typed = _msgspec()
     if typed is not None:
         out["msgspec"] = typed

@@ -31,6 +31,7 @@ from models.spec import ModelSpec
 
 _Object = simdjson.Object
 _Array = simdjson.Array
+_BOM = b"\xef\xbb\xbf"  # simdjson skips a UTF-8 byte order mark; RFC 8259 and orjson do not
 
 
 class SimdReader:
@@ -53,6 +54,8 @@ class SimdReader:
             return None  # not JSON, a leaf that is not a number, a row that is a number
 
     def _read(self, body: bytes) -> tuple[str, list[bytes], bool] | None:
+        if body.startswith(_BOM):
+            return None
         doc = self._parser.parse(body)
         if type(doc) is not _Object or len(doc) != 2:
             return None

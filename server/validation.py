@@ -99,6 +99,11 @@ class RequestParser:
             model, rows, batch = fast
             if len(rows) <= self._max_batch:
                 return ParsedRequest(model, self._index[model], rows, batch)
+        return self.parse_orjson(body)
+
+    def parse_orjson(self, body: bytes) -> ParsedRequest:
+        """Every body the fast reader is not sure of: orjson, then the checks that name
+        exactly what is wrong."""
         doc = _load_json(body)
         if type(doc) is not dict:
             raise BadRequest(
