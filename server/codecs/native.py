@@ -64,9 +64,7 @@ class Renderer:
 
     def _join(self, v: list[bytes]) -> bytes:
         # one C call: a loop of appends and a join cost ~2 us more per row
-        return self._template % (
-            _ACTION_BYTES[v[11]], v[10], v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]
-        )
+        return self._template % (_ACTION_BYTES[v[11]], v[10], *v[:10])
 
 
 class NativeJob(Job):

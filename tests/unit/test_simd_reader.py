@@ -80,7 +80,8 @@ def _rows(*rows: list) -> list:
 NOT_SURE = {
     "not json": b'{"model": "tactical", "observation": [[1,2]',
     "nan literal": b'{"model":"tactical","observation":[[NaN]]}',
-    "beyond float64": json.dumps(_tactical(observation=_rows([1e308] * 6 + [1]))).encode()
+    "beyond float64": json.dumps(_tactical(observation=_rows([1e308] * 6 + [1])))
+    .encode()
     .replace(b"1e+308", b"1e400"),
     "beyond float32": orjson.dumps(_tactical(observation=_rows([1.0] * 6 + [3.5e38]))),
     "invalid utf-8": b'{"model":"tactical","x":"\xed\xa0\x80","observation":[]}',
@@ -90,7 +91,7 @@ NOT_SURE = {
     "an object": orjson.dumps(_tactical(observation=_rows([1, 2, 3, 4, 5, 6, {}]))),
     "short row": orjson.dumps(_tactical(observation=_rows([1] * 6))),
     "59 rows": orjson.dumps(_tactical(observation=_rows()[:59])),
-    "a number for a row": orjson.dumps(_tactical(observation=[1.0] + _rows()[1:])),
+    "a number for a row": orjson.dumps(_tactical(observation=[1.0, *_rows()[1:]])),
     # 7 elements per row and 420 numbers in all, but one row holds an empty array and
     # another a nested pair: only the count of "[" tells
     "nested arrays that add up": orjson.dumps(
