@@ -8,11 +8,12 @@ same thread. Only the webhook posts from its own daemon thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -220,19 +221,30 @@ class Monitor:
 
     def tick(self, workers: Sequence[WorkerSnapshot], queue_depth: dict[str, int]) -> None:
         """Rotate the per-second slices, evaluate alerts, maybe write a history snapshot."""
+        for step in self.tick_steps(workers, queue_depth):
+            step()
+
+    def tick_steps(
+        self, workers: Sequence[WorkerSnapshot], queue_depth: dict[str, int]
+    ) -> Iterator[Callable[[], None]]:
+        """``tick`` in steps, for a caller that lets the event loop answer requests between
+        them: at 20,000 requests/s the rotation takes ~0.65 ms, the alerts ~0.3 and the
+        regression check (every ``check_interval_s``) ~2 ms, and requests queued behind one
+        ~3 ms block reached the 64-client p99.9."""
         now = self._clock()
         self._observe_workers(workers)
         self._queue_depth = dict(queue_depth)
         if now - self._slice_start >= _ROTATE_AFTER_S:
-            self._rotate(now)
+            yield functools.partial(self._rotate, now)
         if now - self._last_regression_check >= self.config.regression.check_interval_s:
             self._last_regression_check = now
-            self._check_regression(now)
-        self._alerts.evaluate(self._rule_values(now))
+            yield functools.partial(self._check_regression, now)
+        yield lambda: self._alerts.evaluate(self._rule_values(now))
         if self._history is not None and now - self._last_history >= (
             self.config.history_interval_s
         ):
-            self._history.append(self._history_record(now))
+            history = self._history
+            yield lambda: history.append(self._history_record(now))
 
     def _observe_workers(self, workers: Sequence[WorkerSnapshot]) -> None:
         self._workers = list(workers)

@@ -29,6 +29,7 @@ from server.ratelimit import RateLimiter
 from server.routes import Routes
 from server.validation import RequestParser
 
+_GC_YOUNG = 20_000
 log = logging.getLogger("server")
 
 
@@ -122,6 +123,11 @@ class Runtime:
         # keep it out of the collector's full passes.
         gc.collect()
         gc.freeze()
+        # The young generation's default threshold (700) ran ~250 collections a second at
+        # 20,000 requests/s (85 us each, 2.4% of the front with the older generations they
+        # trigger); a request's objects die by reference counting, so a collection found
+        # almost nothing. 20,000 net allocations between collections: none in a 10 s run.
+        gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
         log.info(
             "serving %s with %d workers (pids %s)",
             ", ".join(f"{m}@{v}" for m, v in pool.versions.items()),
@@ -175,7 +181,11 @@ class Runtime:
             await asyncio.sleep(1.0)
             self.cache.expire()
             try:
-                self.monitor.tick(self.workers(), self.queue_depth())
+                # a pass of the event loop after each step: requests wait behind one step
+                # (at most ~2 ms), not behind the whole tick
+                for step in self.monitor.tick_steps(self.workers(), self.queue_depth()):
+                    await asyncio.sleep(0)
+                    step()
             except Exception:  # a broken statistic must never stop the server
                 log.exception("monitor tick failed")
             if self.share is not None:
