@@ -17,7 +17,13 @@ from server import core as core_module
 from server.balancer import LeastLoaded, PowerOfTwo, RoundRobin, make_balancer
 from server.batching import Batcher
 from server.busypoll import BusyPoll
-from server.cache import ResponseCache, cache_key, key_prefix, observation_digest
+from server.cache import (
+    ResponseCache,
+    ShardedTtlLru,
+    cache_key,
+    key_prefix,
+    observation_digest,
+)
 from server.codecs import native
 from server.codecs.native import NativeEndpoint
 from server.config import BalancerStrategy, ConfigError, ServerConfig, load_config
@@ -295,8 +301,38 @@ def test_cache_holds_nothing_the_garbage_collector_tracks() -> None:
         cache.put(cache_key(b"v", i.to_bytes(4, "little")), b"fragment")
     store = cache._store
     assert store is not None
-    held = [*store._data.keys(), *store._data.values(), *store._expires.values()]
-    assert not any(gc.is_tracked(obj) for obj in held)
+    held = [
+        obj
+        for shard in store._shards
+        for obj in (*shard._data.keys(), *shard._data.values(), *shard._expires.values())
+    ]
+    assert held and not any(gc.is_tracked(obj) for obj in held)
+
+
+def test_a_large_cache_is_sharded_so_no_insert_rehashes_more_than_a_shard() -> None:
+    # One 100,000-entry dict rehashed every entry on growing and, once full, every ~250,000
+    # insertions: 9-18 ms with the event loop stopped (server/cache.py).
+    clock = FakeClock()
+    store = ShardedTtlLru(100_000, 10.0, clock)
+    shards = store._shards
+    assert len(shards) & (len(shards) - 1) == 0  # a power of two: the mask picks a shard
+    assert sum(shard.maxsize for shard in shards) == 100_000
+    assert max(shard.maxsize for shard in shards) <= 2048
+    rng = random.Random(5)
+    keys = [cache_key(b"v", rng.randbytes(64)) for _ in range(150_000)]
+    for key in keys:
+        store[key] = b"out"
+    assert len(store) == 100_000  # the bound holds overall
+    assert all(len(shard) == shard.maxsize for shard in shards)  # the keys spread evenly
+    assert store.get(keys[-1]) == b"out" and store.get(keys[0]) is None
+    clock.now += 11
+    expired = sum(store.expire(budget=100_000) for _ in range(2))
+    assert expired == 100_000 and len(store) == 0
+
+
+def test_a_small_cache_is_one_exact_lru() -> None:
+    store = ShardedTtlLru(1000, 10.0, FakeClock())
+    assert len(store._shards) == 1
 
 
 def test_cache_digest_is_of_float32_bytes() -> None:
