@@ -16,13 +16,14 @@ does not track. Two measured failures led here:
   up in the young generation until one collection walked them all in 100 ms (p99.9 64 to
   80 ms at 16 clients after 20 s of load).
 
-A large cache is split into shards of ~1,024 to 2,048 entries (``ShardedTtlLru``), each an
-LRU of its own: a CPython dict rehashes every entry when it grows, and, once full, again
-whenever evictions have used up its table's free slots. One 100,000-entry LRU stalled the
-event loop 9-18 ms at its 87,381st insertion, its 174,762nd and every ~250,000 after (at
-20,000 requests/s, every ~12 s), the 64-client p99.9's outliers; a shard's rehash is
-~0.3 ms. Keys end in digest bytes, so the last byte spreads them evenly; least recently
-used is then per shard, which a cache this size does not notice.
+A large cache is split into up to 256 shards of 1,024 to 2,048 entries (``ShardedTtlLru``;
+larger shards only past 524,288 entries), each an LRU of its own: a CPython dict rehashes
+every entry when it grows, and, once full, again whenever evictions have used up its
+table's free slots. One 100,000-entry LRU stalled the event loop 9-18 ms at its 87,381st
+insertion, its 174,762nd and every ~250,000 after (at 20,000 requests/s, every ~12 s), the
+64-client p99.9's outliers; a shard's rehash is ~0.3 ms. Keys end in digest bytes, so the
+last byte spreads them evenly; least recently used is then per shard, which a cache this
+size does not notice.
 """
 
 from __future__ import annotations
