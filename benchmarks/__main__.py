@@ -31,6 +31,7 @@ from benchmarks.tables import (
     RUN_COLUMNS,
     ab_rows,
     bars_text,
+    bodies_text,
     inprocess_rows,
     markdown_table,
     noise_text,
@@ -275,6 +276,9 @@ def _print_runs(document: dict) -> None:
     if document.get("pairs"):
         print("\nmonitoring on/off, interleaved pairs (both servers up, order reversed each pair):")
         print(text_table(RUN_COLUMNS, run_rows(document["pairs"])))
+    bodies = bodies_text(document["runs"])
+    if bodies:
+        print(bodies)
     if document["inprocess"]:
         print()
         print(text_table(INPROCESS_COLUMNS, inprocess_rows(document["inprocess"])))

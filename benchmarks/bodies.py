@@ -53,6 +53,17 @@ class BodySet:
         seq = i % n if self.mode is Mode.WARM else i
         return self.prefix + format_sequence(seq).encode() + self.suffixes[i % n]
 
+    def describe(self) -> dict:
+        """What a run of these bodies sends, for its record and its printout."""
+        sizes = [len(self.body(i)) for i in range(len(self.suffixes))]
+        return {
+            "model": self.model,
+            "distinct": self.mode is Mode.COLD,
+            "working_set": None if self.mode is Mode.COLD else len(self.suffixes),
+            "decimals": DECIMALS,
+            "bytes_mean": round(sum(sizes) / len(sizes)),
+        }
+
     def write_lua_data(self, path: Path) -> None:
         """One suffix per line; the prefix travels as a wrk script argument."""
         path.write_bytes(b"\n".join(self.suffixes) + b"\n")

@@ -140,6 +140,7 @@ def measure(
     )
     result, server_cpu, other = measured(server, target, warm, load)
     record = run_record(target, plan, _effective_duration(settings), result, server_cpu, other)
+    record["bodies"] = bodies.describe()
     if target in _OURS:
         with contextlib.suppress(OSError, ValueError, KeyError):
             record["server"] = server_view(server.port)

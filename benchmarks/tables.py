@@ -215,3 +215,18 @@ def ab_rows(summary: Sequence[dict]) -> list[list[str]]:
             rows.append([*lead, f"ratio, pair {pair['pair']}", *_ratio_cells(pair["ratio"])])
         rows.append([*lead, "ratio, median of pairs", *_ratio_cells(entry["ratio"])])
     return rows
+
+
+def bodies_text(runs: Sequence[dict]) -> str | None:
+    """One line per kind of body the runs sent (cold: every observation distinct)."""
+    seen: dict[str, None] = {}
+    for run in runs:
+        b = run.get("bodies")
+        if b:
+            what = "distinct observations" if b["distinct"] else f"{b['working_set']} repeating"
+            line = (
+                f"bodies ({run['mode']}): {b['model']}, {what}, values with {b['decimals']} "
+                f"decimals, {b['bytes_mean']:,} bytes on average"
+            )
+            seen[line] = None
+    return "\n".join(seen) or None

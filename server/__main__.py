@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(config)
     settings = dict(
         loop="uvloop",
-        http=http_protocol(app.runtime) if config.fast_lane else "httptools",
+        http=http_protocol(app.runtime, fast_lane=config.fast_lane),
         proxy_headers=False,
         lifespan="on",
         access_log=False,

@@ -169,11 +169,9 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
         data["cache"] = _cache_stats(runtime, peers)
         data["fronts"] = [runtime.front_info()] + [doc["front"] for doc in peers]
         if runtime.core is not None:
-            data["circuit_breakers"] = {
-                name: b.snapshot()
-                for name, b in zip(MODEL_NAMES, runtime.core.breakers, strict=True)
-            }
-            data["int8"] = int8_stats(MODEL_NAMES, runtime.core.pool.int8_counts)
+            circuits, int8 = runtime.served_totals(peers)
+            data["circuit_breakers"] = circuits
+            data["int8"] = int8_stats(MODEL_NAMES, int8)
         return JSONResponse(data)
 
     @api.api_route("/alerts", methods=["GET", "HEAD"])
@@ -182,18 +180,19 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
             return _starting()
         data = runtime.monitor.alerts()
         if runtime.core is not None:
-            data["firing"] += breaker_alerts(MODEL_NAMES, runtime.core.breakers)
+            data["firing"] += breaker_alerts(runtime.served_totals(runtime.peer_fronts())[0])
         return JSONResponse(data)
 
     @api.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics() -> Response:
         if runtime.monitor is None:
             return _starting()
-        runtime.peer_fronts()
+        peers = runtime.peer_fronts()
         body = runtime.monitor.prometheus_text(runtime.workers())
         if runtime.core is not None:
-            body += breaker_metrics(MODEL_NAMES, runtime.core.breakers)
-            body += int8_metrics(MODEL_NAMES, runtime.core.pool.int8_counts)
+            circuits, int8 = runtime.served_totals(peers)
+            body += breaker_metrics(circuits)
+            body += int8_metrics(MODEL_NAMES, int8)
         return Response(body, media_type=PROMETHEUS_CONTENT_TYPE)
 
     @api.post("/admin/reload")

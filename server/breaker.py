@@ -53,7 +53,7 @@ class CircuitBreaker:
         self._probing = False
 
     def release(self) -> None:
-        """A call that ended saying nothing about the model (overload, a lost worker): a
+        """A call that ended saying nothing about the model (overload, no ready worker): a
         half-open circuit lets the next call probe instead."""
         self._probing = False
 

@@ -34,6 +34,7 @@ from server.errors import (
     RateLimited,
     Unauthorized,
     WorkerFailed,
+    WorkerLost,
 )
 from server.pool import MODEL_NAMES, WorkerPool
 from server.ratelimit import RateLimiter
@@ -389,9 +390,10 @@ class RowsAnswer:
 
 
 def _count(breaker: CircuitBreaker, error: ApiError) -> None:
-    """Failures of the model's calls count against its circuit; a refusal does not (a 503
-    for overload or a lost worker says nothing about the model)."""
-    if isinstance(error, WorkerFailed | InferenceTimeout):
+    """Failures of the model's calls count against its circuit, a batch whose worker died
+    under it twice (the pool retries once) among them; a refusal does not (a 503 for
+    overload or no ready worker says nothing about the model)."""
+    if isinstance(error, WorkerFailed | InferenceTimeout | WorkerLost):
         breaker.failure(error)
     elif isinstance(error, NonFiniteOutput):  # the model answered, for this input
         breaker.success()

@@ -2,9 +2,10 @@
 
 The optimizer's ONNX graph yields the agents' probabilities and the critic's value. At load
 time ``decision_graph`` appends the contract's decision to it (the weighted mean of the
-agents' probabilities, its arg-max and that mean probability) and a finiteness check, so the
-graph's outputs are the core's row layout (``server.outputs``: probs 9, value, confidence,
-action) and one status byte per row (0: every output finite). The weights are a graph input,
+agents' probabilities, its arg-max and that mean probability), so the graph's outputs are
+the core's row layout (``server.outputs``: probs 9, value, confidence, action); whether a
+row is finite is read after the run (one sum at batch 1, ``np.isfinite`` for a batch). The
+weights are a graph input,
 bound once from the configuration (``--agent-weights``), so the graph never has to be
 rebuilt for them.
 

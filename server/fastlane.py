@@ -65,7 +65,34 @@ class FastCycle:
         self.message_event = _NoEvent()
 
 
-class FastLaneProtocol(HttpToolsProtocol):
+class JsonRefusalProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol whose own refusals answer the contract's JSON: what
+    serves with ``--no-fast-lane``, and the fast lane's base."""
+
+    _date = (None, b"")
+
+    def send_400_response(self, msg: str) -> None:
+        """The HTTP layer's own refusal (a garbage request line, a bad chunk size), in the
+        contract's JSON error shape instead of uvicorn's plain text."""
+        body = error_body("bad_http_request", f"{msg} Send a well-formed HTTP/1.1 request.")
+        parts = [_STATUS[400], self._default_headers()]
+        parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        parts.append(b"connection: close\r\n\r\n")
+        parts.append(body)
+        self.transport.write(b"".join(parts))
+        self.transport.close()
+
+    def _default_headers(self) -> bytes:
+        """uvicorn rebuilds its date header once a second; render it once per change."""
+        headers = self.server_state.default_headers
+        cached_for, rendered = self._date
+        if cached_for is not headers:
+            rendered = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+            self._date = (headers, rendered)
+        return rendered
+
+
+class FastLaneProtocol(JsonRefusalProtocol):
     runtime: Any = None  # set by fast_lane_protocol(); its .routes once the server serves
     _fast: FastCycle | None = None
     _endpoint: Endpoint | None = None
@@ -73,7 +100,6 @@ class FastLaneProtocol(HttpToolsProtocol):
     _body_size = 0
     _early_error: ApiError | None = None
     _head: RequestHead | None = None
-    _date = (None, b"")
     _draining = False
     _idle_since = 0.0
     _idle_timer: Any = None
@@ -207,17 +233,6 @@ class FastLaneProtocol(HttpToolsProtocol):
         else:
             self.timeout_keep_alive_handler()
 
-    def send_400_response(self, msg: str) -> None:
-        """The HTTP layer's own refusal (a garbage request line, a bad chunk size), in the
-        contract's JSON error shape instead of uvicorn's plain text."""
-        body = error_body("bad_http_request", f"{msg} Send a well-formed HTTP/1.1 request.")
-        parts = [_STATUS[400], self._default_headers()]
-        parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
-        parts.append(b"connection: close\r\n\r\n")
-        parts.append(body)
-        self.transport.write(b"".join(parts))
-        self.transport.close()
-
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: finish what is in flight, close after it."""
         self._draining = True
@@ -231,15 +246,6 @@ class FastLaneProtocol(HttpToolsProtocol):
         if idle and not self.transport.is_closing():
             self.transport.close()
 
-    def _default_headers(self) -> bytes:
-        """uvicorn rebuilds its date header once a second; render it once per change."""
-        headers = self.server_state.default_headers
-        cached_for, rendered = self._date
-        if cached_for is not headers:
-            rendered = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-            self._date = (headers, rendered)
-        return rendered
-
 
 def missing_hooks(base: type = HttpToolsProtocol) -> list[str]:
     """What the fast lane needs of uvicorn's protocol and ``base`` lacks."""
@@ -251,9 +257,12 @@ def missing_hooks(base: type = HttpToolsProtocol) -> list[str]:
     return missing + [name for name in _STATE if f"self.{name}" not in source]
 
 
-def http_protocol(runtime: Any, *, base: type = HttpToolsProtocol) -> type | str:
-    """uvicorn's ``http=``: the fast lane, or plain httptools (every request through ASGI,
-    same answers, slower) when this uvicorn lacks what the fast lane hooks into."""
+def http_protocol(
+    runtime: Any, *, fast_lane: bool = True, base: type = HttpToolsProtocol
+) -> type | str:
+    """uvicorn's ``http=``: the fast lane (or, with ``fast_lane`` off, the protocol that only
+    answers its refusals in JSON), or plain httptools (every request through ASGI, same
+    answers, slower) when this uvicorn lacks what they hook into."""
     missing = missing_hooks(base)
     if missing:
         log.warning(
@@ -262,7 +271,7 @@ def http_protocol(runtime: Any, *, base: type = HttpToolsProtocol) -> type | str
             ", ".join(missing),
         )
         return "httptools"
-    return fast_lane_protocol(runtime)
+    return fast_lane_protocol(runtime) if fast_lane else JsonRefusalProtocol
 
 
 def fast_lane_protocol(runtime: Any) -> type[HttpToolsProtocol]:

@@ -4,8 +4,9 @@ through which they add up their statistics.
 Each front binds its own socket with ``SO_REUSEPORT``, and the kernel spreads new
 connections over them. Each front once a second (and when it stops) writes what its monitor
 and cache have counted to ``front-<slot>.json`` in the directory the supervisor gave it, and
-answers ``/stats`` and ``/metrics`` with its own live counts plus the other fronts' latest
-files (at most a second behind). A front that starts again in a slot takes that slot's file
+answers ``/stats`` and ``/metrics`` with its own live counts (written to its file first, so
+that no counter goes down between two answers of different fronts) plus the other fronts'
+latest files (at most a second behind). A front that starts again in a slot takes that slot's file
 as its earlier life (``Monitor.inherit``), so a restart neither resets the counts nor counts
 them twice; a front that died keeps counting through its file until it is back.
 """

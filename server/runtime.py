@@ -27,9 +27,12 @@ from server.fronts import FrontShare
 from server.pool import MODEL_INDEX, MODEL_NAMES, WorkerPool
 from server.ratelimit import RateLimiter
 from server.routes import Routes
+from server.served_metrics import Circuits, circuits, closed, merge_circuits, merge_int8
 from server.validation import RequestParser
 
 _GC_YOUNG = 20_000
+_STALE_S = 5.0  # a front that has not written its counts for this long is not serving
+
 log = logging.getLogger("server")
 
 
@@ -70,6 +73,9 @@ class Runtime:
         if config.front_state_dir is not None and config.front_slot is not None:
             self.share = FrontShare(config.front_state_dir, config.front_slot, config.fronts)
         self._cache_base = {"hits": 0, "misses": 0, "coalesced": 0}
+        # what this slot's earlier lives counted: circuit openings per model, int8 rows
+        self._opened_base: dict[str, int] = {}
+        self._int8_base: list[list[int]] = []
         self._started_at = time.time()
 
     async def start(self) -> None:
@@ -83,6 +89,12 @@ class Runtime:
             if earlier is not None:  # this slot's front before a restart: count on from it
                 self.monitor.inherit(earlier["monitor"])
                 self._cache_base = earlier["cache_counts"]
+                if "served" in earlier:
+                    served = earlier["served"]
+                    self._opened_base = {
+                        name: c["opened_total"] for name, c in served["circuits"].items()
+                    }
+                    self._int8_base = served["int8"]
         pool = WorkerPool(
             self.config,
             on_batch=self.monitor.record_batch,
@@ -220,19 +232,51 @@ class Runtime:
         """This front's counts for the other fronts and for its own next life."""
         if self.share is None or self.monitor is None:
             return
-        self.share.publish(
-            {
-                "front": self.front_info(),
-                "monitor": self.monitor.export_state(),
-                "cache_counts": self.cache_counts(),
-                "cache_entries": len(self.cache),
-            }
-        )
+        doc = {
+            "front": self.front_info(),
+            "published_at": time.time(),
+            "monitor": self.monitor.export_state(),
+            "cache_counts": self.cache_counts(),
+            "cache_entries": len(self.cache),
+        }
+        if self.core is not None:
+            doc["served"] = self.served_view()
+        self.share.publish(doc)
 
     def peer_fronts(self) -> list[dict[str, Any]]:
-        """The other fronts' latest documents, their counts added to the monitor's views."""
+        """The other fronts' latest documents, their counts added to the monitor's views.
+        This front writes its own first: a later answer from another front then reads this
+        front's counts at least as high as this answer shows them, so counters never go
+        down from one scrape to the next, whichever front each reaches."""
         if self.share is None or self.monitor is None:
             return []
+        self.publish()
         docs = self.share.peers()
         self.monitor.set_peers(doc["monitor"] for doc in docs)
         return docs
+
+    def served_view(self) -> dict[str, Any]:
+        """This front's circuits and int8 counters, its earlier lives' included."""
+        assert self.core is not None
+        own = circuits(MODEL_NAMES, self.core.breakers, self._opened_base)
+        return {"circuits": own, "int8": merge_int8([self.core.pool.int8_counts, self._int8_base])}
+
+    def served_totals(self, peers: list[dict[str, Any]]) -> tuple[Circuits, list[list[int]]]:
+        """Every front's circuits (a front silent for over 5 s counted, its state not) and
+        int8 counters, added up."""
+        views = [self.served_view()]
+        now = time.time()
+        for doc in peers:
+            if "served" in doc:
+                fresh = now - doc.get("published_at", 0.0) <= _STALE_S
+                view = doc["served"]
+                views.append(
+                    {
+                        "circuits": view["circuits"] if fresh else closed(view["circuits"]),
+                        "int8": view["int8"],
+                    }
+                )
+        return (
+            merge_circuits(v["circuits"] for v in views),
+            merge_int8(v["int8"] for v in views),
+        )

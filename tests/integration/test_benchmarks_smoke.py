@@ -23,7 +23,9 @@ import torch
 
 import models
 from benchmarks import __main__ as cli
+from benchmarks import tail
 from benchmarks.bodies import Mode, make_bodies
+from benchmarks.frontcap import measure_front
 from benchmarks.httpbench import HttpSettings, RunPlan, measure, run_interleaved
 from benchmarks.loadgen import Generator, run_python, run_wrk_stamped, wrk_path
 from benchmarks.procs import ServerProcess, process_tree
@@ -331,3 +333,23 @@ def test_ab_runs_two_trees_in_interleaved_pairs(
     logs = tmp_path / "results" / "logs"
     assert "tree-marker" in (logs / "ab-baseline.log").read_text()
     assert "tree-marker" not in (logs / "ab-candidate.log").read_text()
+
+
+def test_front_cap_measures_the_front_apart_from_its_workers(
+    artifacts_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # its server log goes under bench-results/
+    (row,) = measure_front(
+        artifacts_dir, [1], clients=2, duration_s=0.5, generator=Generator.PYTHON
+    )
+    assert row["workers"] == 1 and row["rps"] > 0 and row["errors"] == {}
+    assert row["front_cores"] > 0 and row["worker_cores"] >= 0
+    assert row["front_us_per_request"] == pytest.approx(1e6 * row["front_cores"] / row["rps"], 0.01)
+
+
+def test_tail_traces_one_connection_and_explains_its_slowest(
+    artifacts_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert tail.main(["--artifacts", str(artifacts_dir), "--requests", "600"]) == 0
+    printed = capsys.readouterr().out
+    assert "to_front" in printed and "in_front" in printed, printed

@@ -98,8 +98,9 @@ def _raw(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def test_http_layer_refusals_are_json(artifacts_dir: Path) -> None:
-    with start_server(artifacts_dir, workers=1) as server:
+@pytest.mark.parametrize("lane", ["--fast-lane", "--no-fast-lane"])
+def test_http_layer_refusals_are_json(artifacts_dir: Path, lane: str) -> None:
+    with start_server(artifacts_dir, workers=1, args=[lane]) as server:
         for request in (
             b"GARBAGE\x01 / HTTP/1.1\r\n\r\n",
             b"POST /infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 
 import httpx
@@ -87,6 +88,18 @@ def test_two_fronts_serve_and_count_once_across_a_restart(artifacts_dir: Path) -
         post(url, 2, 40)
         wait_until(lambda: agreed(url, 100))
         assert stats(url)["cache"]["misses"] == 100
+
+        # under load, scrapes that land on either front never see a counter go down
+        load = threading.Thread(target=post, args=(url, 3, 150))
+        load.start()
+        seen = []
+        while load.is_alive():
+            seen.append(requests_metric(url))
+        load.join()
+        assert len(seen) > 5 and seen == sorted(seen), seen
+        circuits = stats(url)["circuit_breakers"]
+        assert {c["state"] for c in circuits.values()} == {"closed"}
+        assert all(c["opened_total"] == 0 for c in circuits.values())
 
 
 def test_fronts_without_workers_run_every_row_themselves(artifacts_dir: Path) -> None:

@@ -4,6 +4,7 @@ report, tables."""
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import numpy as np
@@ -21,7 +22,7 @@ from benchmarks.stats import (
     ratio,
     sample,
 )
-from benchmarks.tables import RUN_COLUMNS, markdown_table, run_rows, text_table
+from benchmarks.tables import RUN_COLUMNS, bodies_text, markdown_table, run_rows, text_table
 from benchmarks.targets import LaunchOptions, Target, command
 
 
@@ -214,6 +215,23 @@ def test_warm_bodies_cycle_a_fixed_working_set() -> None:
     assert bodies.body(5) == bodies.body(5 + 64)
     obs = np.asarray(orjson.loads(bodies.body(0))["observation"])
     assert obs.shape == (48, 13)
+
+
+def test_bodies_say_what_they_send() -> None:
+    cold = make_bodies("tactical", Mode.COLD, seed=1, templates=16)
+    described = cold.describe()
+    assert described["distinct"] and described["working_set"] is None
+    assert described["decimals"] == 9 and described["model"] == "tactical"
+    fractions = re.findall(rb"\.(\d+)", cold.body(3))
+    assert len(fractions) == 420 and {len(f) for f in fractions[1:]} == {9}  # [0]: the sequence
+    assert 5_000 < described["bytes_mean"] < 6_000  # a 60x7 body with nine decimals
+    warm = make_bodies("strategic", Mode.WARM, seed=2).describe()
+    assert not warm["distinct"] and warm["working_set"] == 64
+    runs = [{"mode": "cold", "bodies": described}, {"mode": "cold", "bodies": described}]
+    assert bodies_text(runs) == (
+        f"bodies (cold): tactical, distinct observations, values with 9 decimals, "
+        f"{described['bytes_mean']:,} bytes on average"
+    )
 
 
 def test_runs_of_different_seeds_share_no_body() -> None:

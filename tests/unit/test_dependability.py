@@ -19,11 +19,18 @@ from server.codecs import native
 from server.codecs.native import NativeEndpoint
 from server.config import ServerConfig
 from server.core import InferCore
-from server.errors import InferenceTimeout, WorkerFailed, WorkerLost
+from server.errors import InferenceTimeout, Overloaded, WorkerFailed, WorkerLost
 from server.fastlane import http_protocol, missing_hooks
 from server.head import RequestHead
 from server.pool import MODEL_INDEX, MODEL_NAMES
-from server.served_metrics import breaker_alerts, breaker_metrics
+from server.served_metrics import (
+    breaker_alerts,
+    breaker_metrics,
+    circuits,
+    closed,
+    merge_circuits,
+    merge_int8,
+)
 from server.validation import RequestParser
 from tests.fakes import FakeClock
 
@@ -69,16 +76,44 @@ def test_breaker_state_in_metrics_and_alerts() -> None:
     clock = FakeClock()
     breakers = [CircuitBreaker(1, 2.0, clock=clock), CircuitBreaker(1, 2.0, clock=clock)]
     breakers[1].failure()
-    text = breaker_metrics(MODEL_NAMES, breakers).decode()
+    view = circuits(MODEL_NAMES, breakers, {})
+    text = breaker_metrics(view).decode()
     assert f'pis_circuit_state{{model="{MODEL_NAMES[1]}",state="open"}} 1' in text
     assert f'pis_circuit_state{{model="{MODEL_NAMES[0]}",state="closed"}} 1' in text
     assert f'pis_circuit_opened_total{{model="{MODEL_NAMES[1]}"}} 1' in text
-    (alert,) = breaker_alerts(MODEL_NAMES, breakers)
+    (alert,) = breaker_alerts(view)
     assert (alert["name"], alert["model"], alert["state"]) == (
         "circuit_open",
         MODEL_NAMES[1],
         "open",
     )
+
+
+def test_circuits_of_several_fronts_add_up() -> None:
+    """Each front has its own circuits: the worst state shows, openings are summed (an
+    earlier life's included), and a silent front's state is not counted, its openings are."""
+    clock = FakeClock()
+    a = [CircuitBreaker(1, 2.0, clock=clock), CircuitBreaker(1, 2.0, clock=clock)]
+    b = [CircuitBreaker(1, 4.0, clock=clock), CircuitBreaker(1, 2.0, clock=clock)]
+    a[0].failure()
+    clock.advance(2.0)
+    assert a[0].allow()  # a's tactical circuit is half-open, probing
+    b[0].failure()  # b's is open, for 4 s
+    b[1].failure()
+    b[1].success()  # opened once, closed again
+    earlier = {MODEL_NAMES[1]: 3}
+    merged = merge_circuits([circuits(MODEL_NAMES, a, earlier), circuits(MODEL_NAMES, b, {})])
+    first, second = merged[MODEL_NAMES[0]], merged[MODEL_NAMES[1]]
+    assert (first["state"], first["opened_total"], first["retry_after_s"]) == ("open", 2, 4)
+    assert (second["state"], second["opened_total"]) == ("closed", 4)
+    silent = merge_circuits([circuits(MODEL_NAMES, a, {}), closed(circuits(MODEL_NAMES, b, {}))])
+    assert silent[MODEL_NAMES[0]]["state"] == "half_open"
+    assert silent[MODEL_NAMES[0]]["opened_total"] == 2
+    assert [a["name"] for a in breaker_alerts(silent)] == ["circuit_open"]
+    assert merge_int8([[[1, 2, 3], [0, 0, 1]], [], [[10, 0, 0], [1, 1, 1]]]) == [
+        [11, 2, 3],
+        [1, 1, 2],
+    ]
 
 
 class FailingPool:
@@ -153,7 +188,7 @@ def test_core_opens_the_circuit_on_failures_and_closes_it_on_a_probe(monkeypatch
         assert status == 503 and orjson.loads(body)["error"]["code"] == "circuit_open"
         assert headers == ((b"retry-after", b"3"),)
         assert pool.batches == 2, "an open circuit sends nothing to the workers"
-        pool.error = WorkerLost("the worker died")  # says nothing about the model
+        pool.error = Overloaded("every worker is full")  # a refusal says nothing of the model
         clock.advance(3.0)
         assert (await _ask(endpoint, _body(0.4)))[0] == 503
         assert core.breakers[MODEL_INDEX["tactical"]].state is BreakerState.HALF_OPEN
@@ -161,6 +196,13 @@ def test_core_opens_the_circuit_on_failures_and_closes_it_on_a_probe(monkeypatch
         assert (await _ask(endpoint, _body(0.5)))[0] == 200, "the probe succeeds"
         assert core.breakers[MODEL_INDEX["tactical"]].state is BreakerState.CLOSED
         assert core.breakers[MODEL_INDEX["strategic"]].state is BreakerState.CLOSED
+        # a batch whose worker died under it on both tries (the pool retries once): a model
+        # whose calls kill its workers opens its circuit like one whose calls fail
+        for value in (0.6, 0.7):  # two batches, two errors (one failed batch counts once)
+            pool.error = WorkerLost("the worker serving this request died; retry")
+            status, _, body, _ = await _ask(endpoint, _body(value))
+            assert status == 503 and orjson.loads(body)["error"]["code"] == "worker_lost"
+        assert core.breakers[MODEL_INDEX["tactical"]].state is BreakerState.OPEN
 
     asyncio.run(scenario())
 

@@ -43,15 +43,19 @@ def test_fused_outputs_match_the_numpy_decision(artifacts_dir, name, weights) ->
     assert finite and one == _rows(outputs, rows)[0].tobytes()
 
 
+@pytest.mark.parametrize("engine", ["fused", "numpy"])
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_a_non_finite_row_is_flagged_in_a_batch_and_alone(artifacts_dir, name) -> None:
-    fused, _ = _models(artifacts_dir, name, None)
+def test_a_non_finite_row_is_flagged_in_a_batch_and_alone(artifacts_dir, name, engine) -> None:
+    """Both engines (``NumpyModel`` runs TorchScript, eager and the int8 batches)."""
+    model = dict(zip(["fused", "numpy"], _models(artifacts_dir, name, None), strict=True))[engine]
     obs = np.zeros((3, *SPECS[name].observation_shape), dtype=np.float32)
     obs[1, 0, 0] = np.nan
-    status, _ = fused.infer(obs.tobytes(), 3)
+    status, _ = model.infer(obs.tobytes(), 3)
     assert list(status) == [protocol.ROW_FINITE, protocol.ROW_NOT_FINITE, protocol.ROW_FINITE]
-    assert fused.infer_one(obs[1].tobytes())[1] is False
-    assert fused.infer_one(obs[0].tobytes())[1] is True
+    assert model.infer_one(obs[1].tobytes())[1] is False
+    assert model.infer_one(obs[0].tobytes())[1] is True
+    huge = np.full((1, *SPECS[name].observation_shape), 3.0e38, dtype=np.float32)
+    assert model.infer_one(huge.tobytes())[1] is False, "the model overflows on these"
 
 
 def test_weights_are_bound_from_the_configuration(artifacts_dir) -> None:
