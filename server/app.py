@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from monitoring import PROMETHEUS_CONTENT_TYPE
 from server.asgi_route import asgi_post, send_answer
-from server.codecs.base import JSON, retry_headers
+from server.codecs.base import JSON, error_headers
 from server.codecs.oip import is_oip_path
 from server.codecs.oip_rest import error_body as oip_error_body
 from server.config import ServerConfig
@@ -202,7 +202,10 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
         try:
             runtime.core.check_admin_key(RequestHead(request.scope["headers"], None).api_key)
         except ApiError as exc:
-            return _error(exc.status, exc.code, exc.message)
+            response = _error(exc.status, exc.code, exc.message)
+            for name, value in error_headers(exc):
+                response.headers[name.decode()] = value.decode()
+            return response
         try:
             versions = await runtime.reload()
         except ReloadRefused as exc:
@@ -253,7 +256,7 @@ class ServerApp:
             if routes is None and scope["method"] == "POST":
                 error = NoHealthyWorker("the server is still starting")
                 body = error.body() if path == b"/infer" else oip_error_body(error.message)
-                await send_answer(send, error.status, JSON, body, retry_headers(error))
+                await send_answer(send, error.status, JSON, body, error_headers(error))
                 return
         await self.api(scope, receive, send)
 

@@ -157,10 +157,10 @@ def startup_warnings(config: ServerConfig, keys: ApiKeys, argv: Sequence[str] = 
             "WITHOUT AN API KEY: anyone who reaches this port can run /infer and /admin/reload. "
             "Set --api-key-file (or PIS_API_KEY) and --admin-api-key, or bind 127.0.0.1."
         )
-    elif not is_loopback(config.host) and not keys.separate_admin_key:
+    elif keys.required and not keys.separate_admin_key:
         warnings.append(
-            f"bound to {config.host}:{config.port} without --admin-api-key: /admin/* accepts "
-            "every client API key; set --admin-api-key to keep reloads to operators"
+            "client API keys without --admin-api-key: /admin/* accepts every client key; set "
+            "--admin-api-key (or PIS_ADMIN_API_KEY) to keep reloads to operators"
         )
     path = config.api_key_file
     if path is not None and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):

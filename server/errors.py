@@ -28,6 +28,10 @@ class BadRequest(ApiError):
     code = "invalid_json"
 
 
+class BadContentEncoding(BadRequest):
+    code = "invalid_content_encoding"
+
+
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"

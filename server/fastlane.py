@@ -19,7 +19,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.codecs.base import Endpoint, Headers, Respond
-from server.errors import ApiError, InternalError, error_body
+from server.errors import ApiError, InternalError, PayloadTooLarge, error_body
 from server.head import RequestHead
 
 log = logging.getLogger("server")
@@ -42,6 +42,9 @@ _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPS
 # On shutdown an idle keep-alive connection stays open this long, so that a request the
 # client already sent is answered (with ``connection: close``) instead of reset.
 _DRAIN_GRACE_S = 0.25
+# After an early 413, how long the rest of the refused body may take to arrive (read and
+# dropped) before the connection is closed.
+_LINGER_S = 2.0
 
 
 class _NoEvent:
@@ -101,6 +104,8 @@ class FastLaneProtocol(JsonRefusalProtocol):
     _early_error: ApiError | None = None
     _head: RequestHead | None = None
     _draining = False
+    _lingering = False  # an early 413 answered: dropping the rest of its body
+    _linger_timer: Any = None
     _idle_since = 0.0
     _idle_timer: Any = None
 
@@ -145,10 +150,28 @@ class FastLaneProtocol(JsonRefusalProtocol):
             else:
                 # The client holds the body back: answer now and close, or its next
                 # request would be read as this one's body.
-                self._fast.keep_alive = False
-                error, self._early_error = self._early_error, None
-                self._body = None
-                endpoint.refuse(error, self._responder(self._fast))
+                self._refuse_now(endpoint)
+        elif type(self._early_error) is PayloadTooLarge:
+            # Its declared length is over the limit: answer now instead of after the whole
+            # body has come. What the client still sends is read and dropped; when the body
+            # ends the connection goes on (keep-alive), and if it has not ended within
+            # _LINGER_S the connection is closed.
+            self._lingering = True
+            self._refuse_now(endpoint, keep_alive=keep_alive)
+            if not self.transport.is_closing():
+                self._linger_timer = self.loop.call_later(_LINGER_S, self._linger_expired)
+
+    def _refuse_now(self, endpoint: Endpoint, *, keep_alive: bool = False) -> None:
+        self._fast.keep_alive = keep_alive
+        error, self._early_error = self._early_error, None
+        self._body = None
+        endpoint.refuse(error, self._responder(self._fast))
+
+    def _linger_expired(self) -> None:
+        self._linger_timer = None
+        if self._lingering:
+            self._lingering = False
+            self.transport.close()
 
     def on_body(self, body: bytes) -> None:
         chunks = self._body
@@ -164,6 +187,12 @@ class FastLaneProtocol(JsonRefusalProtocol):
                 chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self._lingering:  # the early 413's body has all come: the connection goes on
+            self._lingering = False
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+                self._linger_timer = None
+            return
         chunks = self._body
         if chunks is None:
             return super().on_message_complete()

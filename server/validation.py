@@ -37,6 +37,11 @@ def _load_json(body: bytes) -> object:
                 "the body contains NaN, Infinity or a number beyond float64 range; send "
                 "finite numbers"
             ) from None
+        if body.startswith(b"\xef\xbb\xbf"):
+            raise BadRequest(
+                "body starts with a byte order mark (BOM), which JSON does not allow; send "
+                "UTF-8 without one"
+            ) from None
         if "UTF-8" in message:
             raise BadRequest(
                 "body is not valid UTF-8; send JSON encoded as UTF-8 (surrogates, UTF-16 and "
@@ -165,6 +170,8 @@ class RequestParser:
         value: object, spec: ModelSpec, shape: tuple[int, ...], field: str, suspicious: bool
     ) -> np.ndarray:
         expected = " x ".join(map(str, shape))
+        if field == "observations":  # the batch's own length is the client's to choose
+            expected = f"a list of observations, each {spec.rows} x {spec.features}"
         if suspicious and not _strictly_numeric(value):
             raise InvalidObservation(
                 f'"{field}" must contain only numbers (found true, false, null or a string); '

@@ -16,12 +16,15 @@ Respond = Callable[[int, bytes, bytes, Headers], None]
 JSON = b"application/json"
 NO_HEADERS: Headers = ()
 _RETRY_AFTER = {n: ((b"retry-after", str(n).encode()),) for n in range(1, 11)}
+# RFC 9110: a 401 names the scheme that would be accepted
+CHALLENGE: Headers = ((b"www-authenticate", b'Bearer realm="policy-inference"'),)
 
 
-def retry_headers(error: ApiError) -> Headers:
+def error_headers(error: ApiError) -> Headers:
+    """Retry-After for a refusal worth retrying; the challenge for a 401."""
     seconds = error.retry_after_s
     if seconds is None:
-        return NO_HEADERS
+        return CHALLENGE if error.status == 401 else NO_HEADERS
     return _RETRY_AFTER.get(seconds) or ((b"retry-after", str(seconds).encode()),)
 
 

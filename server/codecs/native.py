@@ -10,7 +10,8 @@ import numpy as np
 import orjson
 
 from models.spec import ACTIONS, SPECS
-from server.codecs.base import JSON, NO_HEADERS, Respond, retry_headers
+from server import content_coding
+from server.codecs.base import JSON, NO_HEADERS, Respond, error_headers
 from server.core import InferCore, Job
 from server.errors import ApiError, UnsupportedMediaType
 from server.head import RequestHead
@@ -92,7 +93,7 @@ class NativeJob(Job):
         self.respond(200, JSON, body, NO_HEADERS)
 
     def refuse(self, error: ApiError) -> int:
-        self.respond(error.status, JSON, error.body(), retry_headers(error))
+        self.respond(error.status, JSON, error.body(), error_headers(error))
         return error.status
 
 
@@ -121,6 +122,7 @@ class NativeEndpoint:
             raise UnsupportedMediaType(
                 "send the body as JSON with 'Content-Type: application/json'"
             )
+        content_coding.check(head.content_encoding)
         if head.content_length > self.core.max_body:
             raise self.core.too_large(head.content_length)
 
@@ -131,6 +133,8 @@ class NativeEndpoint:
         job = NativeJob(start, self, respond)
         try:
             core.admit(start)
+            if head.content_encoding is not None:
+                body = content_coding.decode(head.content_encoding, body, core.max_body)
             parsed = self.parser.parse(body)
         except ApiError as error:
             return core.reject(job, error)

@@ -85,7 +85,7 @@ def check_input(spec: ModelSpec, max_batch: int, name: str, datatype: str, shape
         )
     if datatype != FP32:
         raise BadTensor(f"input {INPUT!r} has datatype {datatype!r}; send FP32")
-    expected = f"[-1, {spec.rows}, {spec.features}]"
+    expected = f"[N, {spec.rows}, {spec.features}] with N the number of observations"
     if (
         type(shape) not in (list, tuple)
         or len(shape) != 3

@@ -10,8 +10,9 @@ import orjson
 
 from models.spec import SPECS
 from monitoring import PROTOCOL_INDEX
+from server import content_coding
 from server.codecs import oip
-from server.codecs.base import JSON, NO_HEADERS, Headers, Respond, retry_headers
+from server.codecs.base import JSON, NO_HEADERS, Headers, Respond, error_headers
 from server.core import InferCore, Job
 from server.errors import ApiError, NotFound, UnsupportedMediaType
 from server.head import RequestHead
@@ -74,7 +75,7 @@ class OipJob(Job):
 
     def refuse(self, error: ApiError) -> int:
         status, message = oip.as_protocol_error(error)
-        self.respond(status, JSON, error_body(message), retry_headers(error))
+        self.respond(status, JSON, error_body(message), error_headers(error))
         return status
 
 
@@ -93,6 +94,7 @@ class OipRestEndpoint:
             )
         if head.header_length == -2:
             raise oip.BadTensor("Inference-Header-Content-Length must be a byte count")
+        content_coding.check(head.content_encoding)
         if head.content_length > self.core.max_body:
             raise self.core.too_large(head.content_length)
 
@@ -104,6 +106,8 @@ class OipRestEndpoint:
         try:
             core.admit(start)
             job.model_idx = self._model(head.path)
+            if head.content_encoding is not None:
+                body = content_coding.decode(head.content_encoding, body, core.max_body)
             self._decode(job, head.header_length, body)
         except ApiError as error:
             return core.reject(job, error)

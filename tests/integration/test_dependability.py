@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -111,4 +112,32 @@ def test_http_layer_refusals_are_json(artifacts_dir: Path, lane: str) -> None:
             assert head.startswith(b"HTTP/1.1 400"), response
             assert b"content-type: application/json" in head.lower()
             assert orjson.loads(payload)["error"]["code"] == "bad_http_request"
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body(artifacts_dir: Path) -> None:
+    """No Expect header: the 413 still comes as soon as the head is read, not after the
+    client has sent every declared byte; the rest is read and dropped, and a connection
+    whose body has not ended a couple of seconds later is closed (one whose body ends goes
+    on: tests/integration/test_fast_lane.py)."""
+    with start_server(artifacts_dir, workers=1, args=["--max-body-bytes", "10000"]) as server:
+        for declared, sent in ((50_000_000, 2_000), (20_000, 15_000)):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(
+                    b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % declared + b" " * sent
+                )
+                answer = b""
+                while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                    chunk = sock.recv(65536)
+                    assert chunk, f"closed before an answer: {answer!r}"
+                    answer += chunk
+                head, _, payload = answer.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 413"), answer
+                assert orjson.loads(payload)["error"]["code"] == "body_too_large"
+                started = time.monotonic()
+                with contextlib.suppress(ConnectionResetError):
+                    while sock.recv(65536):
+                        pass
+                assert time.monotonic() - started < 4.5, "the connection stayed open"
         assert httpx.get(f"{server.url}/healthz").status_code == 200

@@ -38,6 +38,7 @@ def test_keys_from_file_and_environment_and_a_separate_admin_key(
             refused = httpx.post(infer, json=BODY, headers=headers)
             assert refused.status_code == 401, headers
             assert refused.json()["error"]["code"] == "unauthorized"
+            assert refused.headers["www-authenticate"].startswith("Bearer"), "RFC 9110"
 
         for path in ("/healthz", "/readyz"):
             assert httpx.get(f"{server.url}{path}").status_code == 200, path
@@ -46,6 +47,7 @@ def test_keys_from_file_and_environment_and_a_separate_admin_key(
         for headers in ({}, {"x-api-key": FILE_KEYS[0]}, {"x-api-key": ENV_KEY}):
             refused = httpx.post(reload, headers=headers)
             assert refused.status_code == 401, headers
+            assert refused.headers["www-authenticate"].startswith("Bearer")
         allowed = httpx.post(reload, headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
         assert allowed.status_code == 200 and allowed.json()["status"] == "reloaded"
 

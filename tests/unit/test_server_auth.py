@@ -164,10 +164,13 @@ def test_start_up_warns_loudly_on_an_open_public_bind(tmp_path: Path) -> None:
 
     both = ServerConfig(host="0.0.0.0", api_key=CLIENT_KEYS[0], admin_api_key=ADMIN_KEY)
     assert startup_warnings(both, ApiKeys.from_config(both)) == []
+    local = ServerConfig(host="127.0.0.1", api_key=CLIENT_KEYS[0])  # on loopback too
+    (message,) = startup_warnings(local, ApiKeys.from_config(local))
+    assert "--admin-api-key" in message and CLIENT_KEYS[0] not in message
 
     shared = key_file(tmp_path, CLIENT_KEYS[0])
     os.chmod(shared, 0o644)
-    config = ServerConfig(api_key_file=shared)
+    config = ServerConfig(api_key_file=shared, admin_api_key=ADMIN_KEY)
     (message,) = startup_warnings(config, ApiKeys.from_config(config))
     assert "chmod 600" in message
 
