@@ -41,6 +41,7 @@ __all__ = [
     "load_served",
     "load_variant",
     "open_guarded_variant",
+    "read_variant",
     "reproduce_fidelity",
     "sha256_bytes",
     "sha256_file",
@@ -71,7 +72,7 @@ class ServedModel:
     latency_us: dict[str, float]  # p50/p99/p99_9 from the manifest
     # ``runner.run`` as any runner; from ``load_served`` a ``ServedRunner`` whose
     # ``fallbacks()`` counts the rows the int8 guards sent to float32.
-    runner: Runner
+    runner: Runner | None  # None from read_variant
     batch_variant: str | None = None  # int8 variant serving batches of batch_min_rows+ rows
     batch_min_rows: int | None = None
 
@@ -163,18 +164,27 @@ def load_variant(
     """Loads one recorded variant (``load_served`` loads the selected one); a few warm-up
     calls run so that the first request does not pay for lazy initialisation."""
     manifest = manifest if manifest is not None else load_manifest(artifacts_dir)
-    model_record = manifest.model(model)
-    record = model_record.variant(variant)
+    served, data = read_variant(artifacts_dir, model, variant, manifest=manifest)
+    try:
+        runner = open_runner(served.runtime, data, model=model, threads=threads)
+    except Exception as exc:
+        raise ArtifactLoadError(
+            f"{model}/{variant}: {served.runtime} could not open {served.file}: {exc}"
+        ) from exc
+    shape = manifest.model(model).observation_shape
+    _warm_up(runner, np.zeros((1, *shape), np.float32), warmup_calls)
+    return dataclasses.replace(served, runner=runner)
+
+
+def read_variant(
+    artifacts_dir: Path, model: str, variant: str, *, manifest: Manifest
+) -> tuple[ServedModel, bytes]:
+    """One recorded variant's description (``runner`` None) and its verified bytes, for a
+    caller that opens them its own way (the server's fused ONNX engine)."""
+    record = manifest.model(model).variant(variant)
     if record.sha256 is None or record.latency_us is None:
         raise ManifestError(f"{model}/{variant} was not built (status {record.status})")
     path, data = _read_verified(artifacts_dir, record, model)
-    try:
-        runner = open_runner(record.runtime, data, model=model, threads=threads)
-    except Exception as exc:
-        raise ArtifactLoadError(
-            f"{model}/{variant}: {record.runtime} could not open {path}: {exc}"
-        ) from exc
-    _warm_up(runner, np.zeros((1, *model_record.observation_shape), np.float32), warmup_calls)
     return ServedModel(
         name=model,
         version=record.sha256[:12],
@@ -189,8 +199,8 @@ def load_variant(
         max_abs_error_probs=_or_nan(record.max_abs_error_probs),
         max_abs_error_value=_or_nan(record.max_abs_error_value),
         latency_us=record.latency_us.as_dict(),
-        runner=runner,
-    )
+        runner=None,
+    ), data
 
 
 def load_served(

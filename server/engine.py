@@ -43,38 +43,82 @@ class Engine(Protocol):
         """``rows`` observations -> (a status byte per row, the rows' outputs)."""
 
 
-def decision_graph(model: Any, agents: int) -> Any:
-    """``model`` (an ``onnx.ModelProto`` with outputs ``probs`` (B, agents, 3) and ``value``
+def decision_graph(model: bytes, agents: int) -> bytes:
+    """``model`` (a serialized ONNX model with outputs ``probs`` (B, agents, 3) and ``value``
     (B, 1)) with the decision appended as two more outputs, ``confidence`` and ``action``
     (B, 1, 1) float32, from a new input ``agent_weights`` (1, agents), normalised to sum 1.
 
     Three nodes: a MatMul for the weighted mean and one TopK for its maximum and arg-max
     (TopK puts the lower index first among equals, as numpy's argmax does). Each node costs
     about half a microsecond of ONNX Runtime's dispatch here, so the row is not concatenated
-    in the graph: the four outputs are bound next to each other in memory instead."""
-    import onnx
-    from onnx import TensorProto, helper
+    in the graph: the four outputs are bound next to each other in memory instead.
 
-    graph = model.graph
-    names = [o.name for o in graph.output]
-    if names != ["probs", "value"]:
-        raise ValueError(f"graph outputs {names}; expected ['probs', 'value']")
-    graph.input.append(helper.make_tensor_value_info(WEIGHTS, TensorProto.FLOAT, [1, agents]))
-    graph.initializer.append(helper.make_tensor("decision_k", TensorProto.INT64, [1], [1]))
-    node = helper.make_node
-    graph.node.extend(
-        [
-            node("MatMul", [WEIGHTS, "probs"], ["decision_mean"]),  # (B, 1, 3)
-            node("TopK", ["decision_mean", "decision_k"], [CONFIDENCE, "decision_i"], axis=2),
-            node("Cast", ["decision_i"], [ACTION], to=TensorProto.FLOAT),
-        ]
+    Written as protobuf bytes appended to the model's: a message field that appears twice
+    is merged, its repeated fields concatenated, so a second ``graph`` holding only the new
+    nodes, input, outputs and constant extends the first. The serving processes need no
+    ``onnx`` package for it (6 MB of each process's memory); ONNX Runtime checks the result
+    when it opens it (``open_fused`` checks the outputs' names)."""
+    node = _message
+    k = node((1, _int(1)), (2, _int(_INT64)), (7, _packed([1])), (8, b"decision_k"))
+    nodes = [
+        node((1, WEIGHTS.encode()), (1, b"probs"), (2, b"decision_mean"), (4, b"MatMul")),
+        node(
+            (1, b"decision_mean"),
+            (1, b"decision_k"),
+            (2, CONFIDENCE.encode()),
+            (2, b"decision_i"),
+            (4, b"TopK"),
+            (5, node((1, b"axis"), (3, _int(2)), (20, _int(2)))),
+        ),
+        node(
+            (1, b"decision_i"),
+            (2, ACTION.encode()),
+            (4, b"Cast"),
+            (5, node((1, b"to"), (3, _int(_FLOAT)), (20, _int(2)))),
+        ),
+    ]
+    graph = [(1, n) for n in nodes] + [(5, k), (11, _tensor_info(WEIGHTS, [1, agents]))]
+    graph += [(12, _tensor_info(name, ["batch", 1, 1])) for name in (CONFIDENCE, ACTION)]
+    return model + _field(7, _message(*graph))
+
+
+_FLOAT, _INT64 = 1, 7  # ONNX TensorProto data types
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class _int(int):
+    """A varint field's value (wire type 0), where bytes are length-delimited (type 2)."""
+
+
+def _field(number: int, value: bytes | int) -> bytes:
+    if isinstance(value, _int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _message(*fields: tuple[int, bytes | int]) -> bytes:
+    return b"".join(_field(number, value) for number, value in fields)
+
+
+def _packed(values: list[int]) -> bytes:
+    return b"".join(_varint(v) for v in values)
+
+
+def _tensor_info(name: str, dims: list) -> bytes:
+    """A ValueInfoProto: a float tensor of ``dims`` (ints, or names of free dimensions)."""
+    shape = _message(
+        *((1, _message((1, _int(d)) if isinstance(d, int) else (2, d.encode()))) for d in dims)
     )
-    graph.output.extend(
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 1, 1])
-        for name in (CONFIDENCE, ACTION)
-    )
-    onnx.checker.check_model(model)
-    return model
+    tensor = _message((1, _int(_FLOAT)), (2, shape))
+    return _message((1, name.encode()), (2, _message((1, tensor))))
 
 
 class _Binding:
@@ -194,13 +238,15 @@ class NumpyModel:
 
 def open_fused(data: bytes, rule: EnsembleRule, *, threads: int) -> FusedModel:
     """``data``: the ONNX artifact's verified bytes."""
-    import onnx
     import onnxruntime as ort
 
     from optimize.runners import ort_session_options
 
-    graph = decision_graph(onnx.load_from_string(data), len(rule.spec.agents))
+    graph = decision_graph(data, len(rule.spec.agents))
     session = ort.InferenceSession(
-        graph.SerializeToString(), ort_session_options(threads), providers=["CPUExecutionProvider"]
+        graph, ort_session_options(threads), providers=["CPUExecutionProvider"]
     )
+    outputs = [o.name for o in session.get_outputs()]
+    if outputs != ["probs", "value", CONFIDENCE, ACTION]:
+        raise ValueError(f"graph outputs {outputs[:-2]}; expected ['probs', 'value']")
     return FusedModel(session, rule)

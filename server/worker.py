@@ -99,11 +99,22 @@ def open_engine(config: ServerConfig, served, rule: EnsembleRule) -> Engine:
 def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
     """The models, loaded and warmed: for a worker and for the front's inline lane alike
     (unwarmed, the first inline request took 0.5 ms instead of 15 us)."""
-    from optimize.loader import load_manifest, load_served
+    from optimize.loader import load_manifest, load_served, read_variant
 
     manifest = load_manifest(config.artifacts_dir)
     endpoints = []
     for name in sorted(SPECS):
+        rule = EnsembleRule(SPECS[name], config.weights_for(name))
+        entry = manifest.model(name)
+        if entry.selected_variant.runtime == "onnxruntime" and entry.batch_variant is None:
+            # the fused engine is all it runs: no session of the plain graph beside it
+            # (~1.9 MB a model in every process)
+            served, data = read_variant(
+                config.artifacts_dir, name, entry.selected_variant.name, manifest=manifest
+            )
+            engine: Engine = open_fused(data, rule, threads=config.worker_threads)
+            endpoints.append(ModelEndpoint(served, rule, engine))
+            continue
         # warm_up() below exercises the whole path (runtime, decision, bindings), so the
         # loader's own warm-up calls would only repeat part of it
         served = load_served(
@@ -114,7 +125,6 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
             warmup_calls=0,
             agent_weights=config.weights_for(name),
         )
-        rule = EnsembleRule(SPECS[name], config.weights_for(name))
         endpoints.append(ModelEndpoint(served, rule, open_engine(config, served, rule)))
     warm_up(endpoints, config.warmup_calls)
     return endpoints

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import orjson
 
@@ -77,3 +78,27 @@ def test_runtime_dependencies_hold_only_what_serving_or_optimizing_use() -> None
     assert {"prometheus-client", "scipy"} <= _requirement_names(extras["dev"])
     assert "ray" in _requirement_names(extras["ray"])
     assert "'.[dev,report,ray]'" in (ROOT / "Makefile").read_text(), "make test installs all"
+
+
+def test_loading_the_served_models_imports_no_onnx(artifacts_dir: Path) -> None:
+    """A worker and the front's inline copy load the selected ONNX artifacts and fold the
+    decision in without the onnx package (and the protobuf it brings), ~6 MB a process."""
+    probe = (
+        "import sys, pathlib, orjson\n"
+        "from server.config import ServerConfig\n"
+        "from server.worker import load_endpoints\n"
+        f"load_endpoints(ServerConfig(artifacts_dir=pathlib.Path({str(artifacts_dir)!r})))\n"
+        "print(orjson.dumps(sorted({m.split('.')[0] for m in sys.modules})).decode())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = set(orjson.loads(result.stdout.strip().splitlines()[-1]))
+    assert "onnxruntime" in loaded, "the probe loaded the models"
+    assert loaded.isdisjoint({"onnx", "google", *HEAVY}), sorted(loaded & {"onnx", "google"})

@@ -10,7 +10,7 @@ from models.ensemble import EnsembleRule
 from models.spec import SPECS
 from optimize.loader import load_manifest, load_variant
 from server import protocol
-from server.engine import FusedModel, NumpyModel, open_fused
+from server.engine import FusedModel, NumpyModel, decision_graph, open_fused
 from server.outputs import FLOATS
 
 
@@ -71,3 +71,19 @@ def test_weights_are_bound_from_the_configuration(artifacts_dir) -> None:
         probs = rows[:, agent * 3 : agent * 3 + 3]
         assert (rows[:, 11] == probs.argmax(axis=1)).all()
         np.testing.assert_allclose(rows[:, 10], probs.max(axis=1), atol=1e-7)
+
+
+def test_the_decision_is_appended_as_valid_onnx(artifacts_dir) -> None:
+    """The protobuf bytes appended by hand parse, with onnx (a test dependency, not a
+    serving one), into the model plus the decision: the checker passes it."""
+    import onnx
+
+    served = load_variant(artifacts_dir, "tactical", "onnx_fp32", warmup_calls=0)
+    model = onnx.load_from_string(decision_graph(served.file.read_bytes(), 3))
+    onnx.checker.check_model(model, full_check=True)
+    graph = model.graph
+    assert [i.name for i in graph.input] == ["observation", "agent_weights"]
+    assert [o.name for o in graph.output] == ["probs", "value", "confidence", "action"]
+    assert [n.op_type for n in graph.node[-3:]] == ["MatMul", "TopK", "Cast"]
+    dims = graph.input[1].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3]
