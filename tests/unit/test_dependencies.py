@@ -44,9 +44,11 @@ print(orjson.dumps(sorted({name.split(".")[0] for name in sys.modules})).decode(
 """
 
 
-def test_serving_modules_load_no_scipy_matplotlib_or_torch() -> None:
+def _packages_loaded_by(probe: str) -> set[str]:
+    """The top-level packages a fresh interpreter has loaded after ``probe``, which prints
+    them (as orjson) last."""
     result = subprocess.run(
-        [sys.executable, "-c", SERVING],
+        [sys.executable, "-c", probe],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -54,7 +56,11 @@ def test_serving_modules_load_no_scipy_matplotlib_or_torch() -> None:
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr
-    loaded = set(orjson.loads(result.stdout.strip().splitlines()[-1]))
+    return set(orjson.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_serving_modules_load_no_scipy_matplotlib_or_torch() -> None:
+    loaded = _packages_loaded_by(SERVING)
     assert {"server", "monitoring", "numpy"} <= loaded, "the probe imported the server"
     assert loaded.isdisjoint(HEAVY), f"serving loads {sorted(loaded & set(HEAVY))}"
 
@@ -90,15 +96,6 @@ def test_loading_the_served_models_imports_no_onnx(artifacts_dir: Path) -> None:
         f"load_endpoints(ServerConfig(artifacts_dir=pathlib.Path({str(artifacts_dir)!r})))\n"
         "print(orjson.dumps(sorted({m.split('.')[0] for m in sys.modules})).decode())\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )
-    assert result.returncode == 0, result.stderr
-    loaded = set(orjson.loads(result.stdout.strip().splitlines()[-1]))
+    loaded = _packages_loaded_by(probe)
     assert "onnxruntime" in loaded, "the probe loaded the models"
     assert loaded.isdisjoint({"onnx", "google", *HEAVY}), sorted(loaded & {"onnx", "google"})
