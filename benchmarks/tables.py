@@ -226,7 +226,7 @@ def bodies_text(runs: Sequence[dict]) -> str | None:
             what = "distinct observations" if b["distinct"] else f"{b['working_set']} repeating"
             line = (
                 f"bodies ({run['mode']}): {b['model']}, {what}, values with {b['decimals']} "
-                f"decimals, {b['bytes_mean']:,} bytes on average"
+                f"decimals, ~{round(b['bytes_mean'], -2):,} bytes each"
             )
             seen[line] = None
     return "\n".join(seen) or None

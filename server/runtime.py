@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import gc
+import itertools
 import logging
 import os
 import time
@@ -31,6 +34,29 @@ from server.served_metrics import Circuits, circuits, closed, merge_circuits, me
 from server.validation import RequestParser
 
 _GC_YOUNG = 20_000
+
+
+def _heap_trimmer() -> Any:
+    """glibc's ``malloc_trim``, or a no-op where there is none. The front's request path
+    allocates and frees buffers of many sizes (bodies, frames of 1 to 32 rows, answers),
+    and glibc keeps the freed pages: with no Python object left behind (tracemalloc's
+    difference between snapshots 48 s of load apart: under 100 KB), the front's anonymous
+    memory grew ~0.7 MiB per 200,000 requests for as long as the load lasted (the soak:
+    225.8 -> 229.9 MiB from its 7th to 14th round). A trim (0.5 ms, at most ~1 ms at 24,000
+    requests/s) every 2 s (_TRIM_EVERY_TICKS) keeps it flat: the soak's rounds 4-14 within
+    217.1-220.2 MiB, no trend. Once a second was as flat but its stalls of the event loop
+    showed in the 64-client p99.9 (4.6-5.4 ms -> 5.8-7.6); every 10 s still crept (the
+    window of one trim's cycle); every 2 s: throughput x0.977 at 16 clients, x0.997 at 64,
+    p99.9 x1.11 at 64 (pairs 0.95-1.26), against 1e7035e in 4 interleaved pairs."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda _pad: 0
+
+
+_trim_heap = functools.partial(_heap_trimmer(), 0)
+_TRIM_EVERY_TICKS = 2
+
 _STALE_S = 5.0  # a front that has not written its counts for this long is not serving
 
 log = logging.getLogger("server")
@@ -189,9 +215,12 @@ class Runtime:
         return {name: b.queued for name, b in zip(MODEL_NAMES, self.core.batchers, strict=True)}
 
     async def _tick_forever(self) -> None:
-        while True:
+        for tick in itertools.count(1):
             await asyncio.sleep(1.0)
             self.cache.expire()
+            if tick % _TRIM_EVERY_TICKS == 0:
+                await asyncio.sleep(0)
+                _trim_heap()
             try:
                 # a pass of the event loop after each step: requests wait behind one step
                 # (at most ~2 ms), not behind the whole tick

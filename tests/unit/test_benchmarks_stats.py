@@ -230,7 +230,7 @@ def test_bodies_say_what_they_send() -> None:
     runs = [{"mode": "cold", "bodies": described}, {"mode": "cold", "bodies": described}]
     assert bodies_text(runs) == (
         f"bodies (cold): tactical, distinct observations, values with 9 decimals, "
-        f"{described['bytes_mean']:,} bytes on average"
+        f"~{round(described['bytes_mean'], -2):,} bytes each"
     )
 
 
