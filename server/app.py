@@ -37,6 +37,11 @@ def _error(status: int, code: str, message: str, retry_after: int | None = None)
     return Response(error_body(code, message), status, headers, media_type="application/json")
 
 
+def _api_error(error: ApiError) -> Response:
+    headers = {name.decode(): value.decode() for name, value in error_headers(error)}
+    return Response(error.body(), error.status, headers, media_type="application/json")
+
+
 def _starting() -> Response:
     return _error(503, "not_ready", "the server is starting", 1)
 
@@ -202,10 +207,7 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
         try:
             runtime.core.check_admin_key(RequestHead(request.scope["headers"], None).api_key)
         except ApiError as exc:
-            response = _error(exc.status, exc.code, exc.message)
-            for name, value in error_headers(exc):
-                response.headers[name.decode()] = value.decode()
-            return response
+            return _api_error(exc)
         try:
             versions = await runtime.reload()
         except ReloadRefused as exc:

@@ -8,12 +8,14 @@ import zlib
 
 from server.errors import BadContentEncoding, PayloadTooLarge, UnsupportedMediaType
 
-_WBITS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}  # deflate: zlib-wrapped (RFC 9110)
-_RAW_DEFLATE = -15  # what some clients send as deflate
+# zlib window bits to try, in order: deflate is zlib-wrapped (RFC 9110), and raw from some
+# clients
+_WBITS = {b"gzip": (31,), b"x-gzip": (31,), b"deflate": (15, -15)}
 
 
 def check(coding: bytes | None) -> None:
-    if coding is not None and coding != b"identity" and coding not in _WBITS:
+    """``coding``: the request's Content-Encoding, None for none or identity."""
+    if coding is not None and coding not in _WBITS:
         raise UnsupportedMediaType(
             f"Content-Encoding {coding.decode('latin-1')!r} is not supported; send the body "
             "uncompressed, or compressed with gzip or deflate"
@@ -22,18 +24,12 @@ def check(coding: bytes | None) -> None:
 
 def decode(coding: bytes, body: bytes, limit: int) -> bytes:
     """``body`` decompressed (``check`` passed for ``coding``)."""
-    if coding == b"identity":
-        return body
-    wbits = _WBITS[coding]
-    try:
-        return _inflate(body, wbits, limit, coding)
-    except zlib.error:
-        if wbits != 15:
-            raise BadContentEncoding(f"the body is not valid {coding.decode()} data") from None
-    try:
-        return _inflate(body, _RAW_DEFLATE, limit, coding)
-    except zlib.error:
-        raise BadContentEncoding("the body is not valid deflate data") from None
+    for wbits in _WBITS[coding]:
+        try:
+            return _inflate(body, wbits, limit, coding)
+        except zlib.error:
+            continue
+    raise BadContentEncoding(f"the body is not valid {coding.decode()} data")
 
 
 def _inflate(body: bytes, wbits: int, limit: int, coding: bytes) -> bytes:

@@ -5,9 +5,8 @@ time ``decision_graph`` appends the contract's decision to it (the weighted mean
 agents' probabilities, its arg-max and that mean probability), so the graph's outputs are
 the core's row layout (``server.outputs``: probs 9, value, confidence, action); whether a
 row is finite is read after the run (one sum at batch 1, ``np.isfinite`` for a batch). The
-weights are a graph input,
-bound once from the configuration (``--agent-weights``), so the graph never has to be
-rebuilt for them.
+weights are a graph input, bound once from the configuration (``--agent-weights``), so the
+graph never has to be rebuilt for them.
 
 ``FusedModel`` binds its input and output buffers once (ONNX Runtime IOBinding, one binding
 per batch size, made on first use) and reads the answer straight from the bound buffers:

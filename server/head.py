@@ -19,7 +19,7 @@ class RequestHead:
         """``peer``: the connection's (address, port), as the server reports it; ``path``:
         the decoded URL path."""
         self.content_type: bytes | None = None
-        self.content_encoding: bytes | None = None  # lower case
+        self.content_encoding: bytes | None = None  # lower case; None for identity
         self.content_length = -1
         self.header_length = -1  # the Open Inference Protocol's Inference-Header-Content-Length
         self.api_key: bytes | None = None
@@ -36,7 +36,8 @@ class RequestHead:
             elif name == b"authorization" and value[:7].lower() == b"bearer ":
                 self.api_key = value[7:]
             elif name == b"content-encoding":
-                self.content_encoding = value.strip().lower()
+                coding = value.strip().lower()
+                self.content_encoding = None if coding == b"identity" else coding
             elif name == b"inference-header-content-length":
                 self.header_length = int(value) if value.isdigit() else -2
 

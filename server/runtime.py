@@ -293,19 +293,13 @@ class Runtime:
     def served_totals(self, peers: list[dict[str, Any]]) -> tuple[Circuits, list[list[int]]]:
         """Every front's circuits (a front silent for over 5 s counted, its state not) and
         int8 counters, added up."""
-        views = [self.served_view()]
+        own = self.served_view()
+        circuit_views, int8_views = [own["circuits"]], [own["int8"]]
         now = time.time()
         for doc in peers:
             if "served" in doc:
-                fresh = now - doc.get("published_at", 0.0) <= _STALE_S
                 view = doc["served"]
-                views.append(
-                    {
-                        "circuits": view["circuits"] if fresh else closed(view["circuits"]),
-                        "int8": view["int8"],
-                    }
-                )
-        return (
-            merge_circuits(v["circuits"] for v in views),
-            merge_int8(v["int8"] for v in views),
-        )
+                fresh = now - doc["published_at"] <= _STALE_S
+                circuit_views.append(view["circuits"] if fresh else closed(view["circuits"]))
+                int8_views.append(view["int8"])
+        return merge_circuits(circuit_views), merge_int8(int8_views)

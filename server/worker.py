@@ -80,25 +80,14 @@ class ModelEndpoint:
         return delta  # type: ignore[return-value]
 
 
-def open_engine(config: ServerConfig, served, rule: EnsembleRule) -> Engine:
-    """An ONNX artifact runs with the decision folded into its graph (``FusedModel``), from
-    its bytes read once more and checked against the sha256 the loader checked; the other
-    runtimes keep their runner and the numpy decision."""
-    from optimize.loader import ArtifactIntegrityError, sha256_bytes
-
-    if served.runtime != "onnxruntime":
-        return NumpyModel(served.runner, rule)
-    data = served.file.read_bytes()
-    if sha256_bytes(data) != served.sha256:
-        raise ArtifactIntegrityError(
-            f"{served.file} changed while it was being loaded; re-run `python -m optimize`"
-        )
-    return open_fused(data, rule, threads=config.worker_threads)
-
-
 def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
     """The models, loaded and warmed: for a worker and for the front's inline lane alike
-    (unwarmed, the first inline request took 0.5 ms instead of 15 us)."""
+    (unwarmed, the first inline request took 0.5 ms instead of 15 us).
+
+    An ONNX selection runs with the decision folded into its graph (``FusedModel``), from
+    the bytes the loader verified, and needs no session of the plain graph beside it (~1.9
+    MB a model in every process); the loader's runner is opened only for other runtimes
+    (with the numpy decision) and for int8 batches behind their guards."""
     from optimize.loader import load_manifest, load_served, read_variant
 
     manifest = load_manifest(config.artifacts_dir)
@@ -106,26 +95,27 @@ def load_endpoints(config: ServerConfig) -> list[ModelEndpoint]:
     for name in sorted(SPECS):
         rule = EnsembleRule(SPECS[name], config.weights_for(name))
         entry = manifest.model(name)
-        if entry.selected_variant.runtime == "onnxruntime" and entry.batch_variant is None:
-            # the fused engine is all it runs: no session of the plain graph beside it
-            # (~1.9 MB a model in every process)
-            served, data = read_variant(
-                config.artifacts_dir, name, entry.selected_variant.name, manifest=manifest
-            )
-            engine: Engine = open_fused(data, rule, threads=config.worker_threads)
-            endpoints.append(ModelEndpoint(served, rule, engine))
-            continue
-        # warm_up() below exercises the whole path (runtime, decision, bindings), so the
-        # loader's own warm-up calls would only repeat part of it
-        served = load_served(
-            config.artifacts_dir,
-            name,
-            threads=config.worker_threads,
-            manifest=manifest,
-            warmup_calls=0,
-            agent_weights=config.weights_for(name),
+        fused = entry.selected_variant.runtime == "onnxruntime"
+        served, data = read_variant(
+            config.artifacts_dir, name, entry.selected_variant.name, manifest=manifest
         )
-        endpoints.append(ModelEndpoint(served, rule, open_engine(config, served, rule)))
+        if not fused or entry.batch_variant is not None:
+            # warm_up() below exercises the whole path (runtime, decision, bindings), so the
+            # loader's own warm-up calls would only repeat part of it
+            served = load_served(
+                config.artifacts_dir,
+                name,
+                threads=config.worker_threads,
+                manifest=manifest,
+                warmup_calls=0,
+                agent_weights=config.weights_for(name),
+            )
+        engine: Engine = (
+            open_fused(data, rule, threads=config.worker_threads)
+            if fused
+            else NumpyModel(served.runner, rule)
+        )
+        endpoints.append(ModelEndpoint(served, rule, engine))
     warm_up(endpoints, config.warmup_calls)
     return endpoints
 
