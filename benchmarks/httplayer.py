@@ -22,6 +22,7 @@ import uvloop
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from server.config import ServerConfig
 from server.fastlane import fast_lane_protocol
 from server.head import RequestHead
 
@@ -74,6 +75,7 @@ class _Runtime:
         endpoint = _ConstantEndpoint()
         self.routes = type("Routes", (), {"match": staticmethod(lambda url: endpoint)})()
         self.core = type("Core", (), {"max_body": 1 << 22})()
+        self.config = ServerConfig()
 
 
 class BareProtocol(asyncio.Protocol):

@@ -47,6 +47,7 @@ class ServerConfig:
     max_request_batch: int = 256
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout_s: float = 2.0
+    client_read_timeout_s: float = 10.0
     latency_budget_ms: float = 5.0
     breaker_failures: int = 5
     breaker_open_s: float = 5.0
@@ -145,6 +146,10 @@ def _validate(c: ServerConfig) -> None:
     _check(c.max_request_batch >= 1, "max_request_batch must be at least 1")
     _check(c.max_body_bytes >= 1024, "max_body_bytes must be at least 1024")
     _check(c.request_timeout_s > 0, "request_timeout_s must be > 0, e.g. 2.0")
+    _check(
+        c.client_read_timeout_s > 0,
+        f"client_read_timeout_s={c.client_read_timeout_s}; write seconds, e.g. 10",
+    )
     _check(
         0 <= c.latency_budget_ms <= 60_000,
         f"latency_budget_ms={c.latency_budget_ms}; write milliseconds, e.g. 5 (0 admits all)",

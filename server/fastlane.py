@@ -26,6 +26,8 @@ log = logging.getLogger("server")
 # What the fast lane overrides or reads of uvicorn's protocol (uvicorn internals: the
 # version range in pyproject.toml is the one tested; start-up checks these are still there)
 _METHODS = (
+    "connection_made",
+    "eof_received",
     "on_message_begin",
     "on_headers_complete",
     "on_body",
@@ -59,26 +61,112 @@ class FastCycle:
     pending, so that uvicorn queues anything pipelined behind it and graceful shutdown
     waits for it."""
 
-    __slots__ = ("disconnected", "keep_alive", "message_event", "response_complete")
+    __slots__ = ("disconnected", "keep_alive", "lingering", "message_event", "response_complete")
 
     def __init__(self, keep_alive: bool) -> None:
         self.response_complete = False
         self.disconnected = False
         self.keep_alive = keep_alive
+        self.lingering = False  # answered before its body came: close only once it has
         self.message_event = _NoEvent()
 
 
 class JsonRefusalProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol whose own refusals answer the contract's JSON: what
-    serves with ``--no-fast-lane``, and the fast lane's base."""
+    """uvicorn's httptools protocol whose own refusals answer the contract's JSON, and
+    which does not wait for ever on a client: what serves with ``--no-fast-lane``, and the
+    fast lane's base.
 
+    uvicorn times out only an idle connection after an answer; a connection that never
+    sends a whole request (nothing at all, headers a byte a second, a body shorter than its
+    Content-Length) would hold its socket for ever, so a few thousand of them could take
+    the server's file descriptors. Here a request must arrive in full within
+    ``read_timeout_s`` of its first byte (a new connection's first request, of connecting):
+    past that it gets a 408 and the connection is closed (one that sent nothing is closed
+    without an answer). One timer per connection, made again only after it has fired, so
+    a request costs a clock read and not a timer."""
+
+    read_timeout_s = 10.0  # set by http_protocol() from the configuration
     _date = (None, b"")
+    _reading_since = 0.0  # when the request being read began; 0.0 while none is
+    _begun = False  # a byte of that request has come
+    _begun_cycle: Any = None  # the cycle current when it began (a newer one is its own)
+    _watchdog: Any = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_request()
+
+    def on_message_begin(self) -> None:
+        self._await_request()
+        self._begun = True
+        self._begun_cycle = self.cycle
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self._reading_since = 0.0
+        self._begun = False
+        super().on_message_complete()
+
+    def _await_request(self) -> None:
+        self._reading_since = self.loop.time()
+        if self._watchdog is None:
+            self._watchdog = self.loop.call_later(self.read_timeout_s, self._watch)
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        since = self._reading_since
+        if not since or self.transport.is_closing():
+            return  # no request being read: the keep-alive timer has the connection
+        left = since + self.read_timeout_s - self.loop.time()
+        if left > 0:
+            self._watchdog = self.loop.call_later(left, self._watch)
+        elif not self._begun or self._answered():
+            self.transport.close()
+        else:
+            message = (
+                f"the request did not arrive in full within {self.read_timeout_s:g} s of its "
+                "first byte; send the whole request (headers and Content-Length bytes of body) "
+                "at once"
+            )
+            self._refuse_and_close(408, "request_read_timeout", message)
+
+    def _answered(self) -> bool:
+        """The request being read was answered already (an early 413, or an ASGI route that
+        answered before reading its body): no second answer on the connection."""
+        cycle = self.cycle
+        return cycle is not None and cycle is not self._begun_cycle and cycle.response_complete
+
+    def eof_received(self) -> bool:  # type: ignore[override]
+        """The client closed its sending side. A request it had only begun can never be
+        whole: 400, then close. One it completed is still answered, then the connection
+        closes."""
+        if self._begun:
+            if not self._answered():
+                message = (
+                    "the connection's sending side was closed before the request was complete "
+                    "(its head, or as many body bytes as Content-Length says); send it whole"
+                )
+                self._refuse_and_close(400, "incomplete_request", message)
+            return False
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+            return True
+        return False
 
     def send_400_response(self, msg: str) -> None:
         """The HTTP layer's own refusal (a garbage request line, a bad chunk size), in the
         contract's JSON error shape instead of uvicorn's plain text."""
-        body = error_body("bad_http_request", f"{msg} Send a well-formed HTTP/1.1 request.")
-        parts = [_STATUS[400], self._default_headers()]
+        message = f"{msg} Send a well-formed HTTP/1.1 request."
+        self._refuse_and_close(400, "bad_http_request", message)
+
+    def _refuse_and_close(self, status: int, code: str, message: str) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # what the request's handler answers goes nowhere
+        self._reading_since = 0.0
+        body = error_body(code, message)
+        parts = [_STATUS[status], self._default_headers()]
         parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
         parts.append(b"connection: close\r\n\r\n")
         parts.append(body)
@@ -154,9 +242,10 @@ class FastLaneProtocol(JsonRefusalProtocol):
         elif type(self._early_error) is PayloadTooLarge:
             # Its declared length is over the limit: answer now instead of after the whole
             # body has come. What the client still sends is read and dropped; when the body
-            # ends the connection goes on (keep-alive), and if it has not ended within
-            # _LINGER_S the connection is closed.
-            self._lingering = True
+            # ends the connection goes on (keep-alive) or is closed, and if it has not ended
+            # within _LINGER_S the connection is closed. Closing at once would reset it with
+            # the body unread, and a client still writing might never read the 413.
+            self._lingering = self._fast.lingering = True
             self._refuse_now(endpoint, keep_alive=keep_alive)
             if not self.transport.is_closing():
                 self._linger_timer = self.loop.call_later(_LINGER_S, self._linger_expired)
@@ -187,15 +276,19 @@ class FastLaneProtocol(JsonRefusalProtocol):
                 chunks.append(body)
 
     def on_message_complete(self) -> None:
-        if self._lingering:  # the early 413's body has all come: the connection goes on
+        chunks = self._body
+        if chunks is None and not self._lingering:
+            return super().on_message_complete()
+        self._reading_since = 0.0
+        self._begun = False
+        if self._lingering:  # the early 413's body has all come
             self._lingering = False
             if self._linger_timer is not None:
                 self._linger_timer.cancel()
                 self._linger_timer = None
+            if not self._fast.keep_alive:
+                self.transport.close()
             return
-        chunks = self._body
-        if chunks is None:
-            return super().on_message_complete()
         self._body = None
         endpoint = self._endpoint
         respond = self._responder(self._fast)
@@ -234,7 +327,8 @@ class FastLaneProtocol(JsonRefusalProtocol):
         parts.append(body)
         transport.write(b"".join(parts))
         if not cycle.keep_alive:
-            transport.close()
+            if not cycle.lingering:
+                transport.close()
             return
         self._fast_complete()
 
@@ -254,8 +348,8 @@ class FastLaneProtocol(JsonRefusalProtocol):
         self._idle_timer = None
         if self.transport.is_closing() or self.timeout_keep_alive_task is not None:
             return  # closed, or idle after an ASGI answer: uvicorn's own timer has it
-        if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request is in progress: its answer re-arms
+        if self._begun or (self.cycle is not None and not self.cycle.response_complete):
+            return  # a request is being read (the watchdog has it) or answered (re-arms)
         left = self._idle_since + self.timeout_keep_alive - self.loop.time()
         if left > 0:
             self._idle_timer = self.loop.call_later(left, self._idle_check)
@@ -300,10 +394,15 @@ def http_protocol(
             ", ".join(missing),
         )
         return "httptools"
-    return fast_lane_protocol(runtime) if fast_lane else JsonRefusalProtocol
+    if fast_lane:
+        return fast_lane_protocol(runtime)
+    timeout = runtime.config.client_read_timeout_s
+    return type("BoundJsonRefusalProtocol", (JsonRefusalProtocol,), {"read_timeout_s": timeout})
 
 
 def fast_lane_protocol(runtime: Any) -> type[HttpToolsProtocol]:
     """The protocol class for uvicorn's ``http=``, bound to ``runtime`` (whose ``.routes``
     and ``.core`` are set once the server has started)."""
-    return type("BoundFastLaneProtocol", (FastLaneProtocol,), {"runtime": runtime})
+    timeout = runtime.config.client_read_timeout_s
+    attributes = {"runtime": runtime, "read_timeout_s": timeout}
+    return type("BoundFastLaneProtocol", (FastLaneProtocol,), attributes)

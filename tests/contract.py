@@ -12,8 +12,9 @@ import grpc
 import numpy as np
 import orjson
 
-# API.md's error table plus 200; 409 only for POST /admin/reload
-STATUSES = frozenset({200, 400, 401, 404, 405, 413, 415, 422, 429, 503, 504})
+# API.md's error table plus 200, and 408 for a request that did not arrive in full within
+# the read timeout; 409 only for POST /admin/reload
+STATUSES = frozenset({200, 400, 401, 404, 405, 408, 413, 415, 422, 429, 503, 504})
 # the status codes for gRPC errors
 GRPC_CODES = frozenset(
     {

@@ -275,7 +275,9 @@ def test_fast_lane_checks_uvicorn_and_falls_back_with_one_warning(caplog) -> Non
     with caplog.at_level("WARNING", logger="server"):
         assert http_protocol(SimpleNamespace(), base=_OldProtocol) == "httptools"
     assert len(caplog.records) == 1 and "fast lane off" in caplog.records[0].getMessage()
-    assert http_protocol(SimpleNamespace()) != "httptools"
+    runtime = SimpleNamespace(config=ServerConfig(client_read_timeout_s=3.0))
+    assert http_protocol(runtime).read_timeout_s == 3.0
+    assert http_protocol(runtime, fast_lane=False).read_timeout_s == 3.0
 
 
 @pytest.mark.parametrize("budget", ["-1", "70000"])
