@@ -43,7 +43,7 @@ bench: install-dev
 
 # The Open Inference Protocol's gRPC messages are committed; regenerate after editing the .proto.
 proto: install-dev
-	$(PY) -m pip install --quiet -c constraints.txt 'grpcio-tools>=1.81.1'
+	$(PY) -m pip install --quiet -c constraints.txt 'grpcio-tools>=1.81.1' 'protobuf>=6.33.5,<7'
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. \
 		server/oip_proto/inference.proto
 

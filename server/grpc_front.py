@@ -37,6 +37,11 @@ def service_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         )
         for name, request in _METHODS.items()
     }
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer,
+        request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=_serialize,
+    )
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 

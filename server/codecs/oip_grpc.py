@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -33,6 +34,10 @@ _CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
     500: grpc.StatusCode.INTERNAL,
 }
+_UNDECODABLE_STREAM = (
+    "a message of the stream is not a valid ModelInferRequest (inference.GRPCInferenceService, "
+    "KServe v2); the stream ends here, after the answers to the requests before it"
+)
 _TENSORS = {
     name: pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype)
     for name, (datatype, _shape) in oip.OUTPUTS.items()
@@ -75,6 +80,11 @@ class GrpcJob(Job):
         return oip.as_protocol_error(error)[0]
 
 
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so that asyncio does not log it as lost
+
+
 def _metadata(context: grpc.aio.ServicerContext) -> tuple[bytes | None, str]:
     """The API key (``x-api-key`` or ``authorization: Bearer``) and the client's address."""
     key = None
@@ -89,7 +99,7 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[bytes | None, str]:
 
 
 class InferenceServicer:
-    """The protocol's six methods (registered by ``server.grpc_front``)."""
+    """The protocol's six methods and Triton's stream (registered by ``server.grpc_front``)."""
 
     def __init__(self, core: InferCore, runtime: Any, max_batch: int) -> None:
         """``runtime``: what serves (its ``pool`` and ``manifest``), for health and metadata."""
@@ -136,13 +146,61 @@ class InferenceServicer:
         )
 
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        api_key, client = _metadata(context)
+        try:
+            return await self._submit(request, context, api_key, client)
+        except ApiError as error:
+            await context.abort(*status_code(error))
+            raise
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Triton's streaming extension: each request of the stream is answered on it, in
+        the order sent, by its response or by ``error_message`` (the stream goes on). A
+        request is submitted as soon as it is read, so a client may keep several in flight
+        on one stream. A wrong API key ends the stream with UNAUTHENTICATED."""
+        api_key, client = _metadata(context)
+        try:
+            self.core.check_api_key(api_key)
+        except ApiError as error:
+            await context.abort(*status_code(error))
+        answers: asyncio.Queue[asyncio.Future | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    answers.put_nowait(self._submit(request, context, api_key, client))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                try:
+                    yield pb.ModelStreamInferResponse(infer_response=await answer)
+                except ApiError as error:
+                    yield pb.ModelStreamInferResponse(error_message=status_code(error)[1])
+            await asyncio.wait((reader,))
+            if not reader.cancelled() and reader.exception() is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE_STREAM)
+        finally:
+            reader.cancel()
+            while not answers.empty():  # the client left: nobody reads these answers
+                if (answer := answers.get_nowait()) is not None:
+                    answer.add_done_callback(_consume)
+
+    def _submit(
+        self, request: Any, context: Any, api_key: bytes | None, client: str
+    ) -> asyncio.Future:
+        """Decodes ``request`` and hands it to the core: a future of its response, or of
+        the ApiError that refuses it."""
         start = time.perf_counter_ns()
         core = self.core
         future = asyncio.get_running_loop().create_future()
         job = GrpcJob(start, future)
         job.request_id = request.id
         try:
-            api_key, client = _metadata(context)
             core.check_access(api_key, client)
             alone = core.arrival(context.peer(), start)
             core.admit(start)
@@ -160,11 +218,7 @@ class InferenceServicer:
         else:
             job.parsed_ns = time.perf_counter_ns()
             core.submit(job, alone)
-        try:
-            return await future
-        except ApiError as error:
-            await context.abort(*status_code(error))
-            raise
+        return future
 
     def _rows(self, idx: int, request: Any) -> list[bytes]:
         spec = SPECS[MODEL_NAMES[idx]]

@@ -5,6 +5,7 @@ what the client library never sends (contract: API.md, Open Inference Protocol).
 from __future__ import annotations
 
 import gzip
+import queue
 import zlib
 from pathlib import Path
 
@@ -193,6 +194,72 @@ def test_grpc_infer_matches_native(server, grpc_client, model, batch) -> None:
     assert result.get_response().id == "g-1"
     got = {name: result.as_numpy(name) for name in OUTPUTS}
     assert_same_as_native(got, native(server, model, obs), model)
+
+
+def _stream(port: int, requests: list[dict], headers: dict | None = None) -> list[tuple]:
+    """``requests`` (keyword arguments of ``async_stream_infer``) on one tritonclient
+    stream, all sent before any answer is read: (result, error) for each, in arrival order."""
+    answers: queue.Queue = queue.Queue()
+    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}")
+    client.start_stream(lambda result, error: answers.put((result, error)), headers=headers)
+    try:
+        for request in requests:
+            client.async_stream_infer(**request)
+        return [answers.get(timeout=30) for _ in requests]
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+def test_grpc_stream_answers_each_request_in_order(server) -> None:
+    """Triton's streaming extension (tritonclient's start_stream): every request is
+    answered on the stream in the order sent, the same outputs as unary calls and /infer;
+    a bad request gets its error on the stream and the stream goes on."""
+    batches = [observations("tactical", 1 + i % 3, seed=300 + i) for i in range(12)]
+    requests = []
+    for i, obs in enumerate(batches):
+        inp = triton_grpc.InferInput("observation", list(obs.shape), "FP32")
+        inp.set_data_from_numpy(obs)
+        requests.append({"model_name": "tactical", "inputs": [inp], "request_id": f"s-{i}"})
+    wrong = triton_grpc.InferInput("observation", [1, 60, 6], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 60, 6), np.float32))
+    requests.insert(5, {"model_name": "tactical", "inputs": [wrong], "request_id": "bad"})
+    requests.insert(8, {"model_name": "nope", "inputs": [wrong], "request_id": "unknown"})
+    strategic = observations("strategic", 2, seed=9)
+    inp = triton_grpc.InferInput("observation", [2, 48, 13], "FP32")
+    inp.set_data_from_numpy(strategic)
+    only = [triton_grpc.InferRequestedOutput("action")]
+    requests.append({"model_name": "strategic", "inputs": [inp], "outputs": only})
+
+    answers = _stream(server.grpc_port, requests)
+
+    ok = [result for result, error in answers if error is None]
+    errors = [str(error) for result, error in answers if error is not None]
+    assert [r.get_response().id for r in ok[:-1]] == [f"s-{i}" for i in range(12)]
+    assert answers[5][1] is not None and "expects [N, 60, 7]" in str(answers[5][1])
+    assert answers[8][1] is not None and "unknown model 'nope'" in str(answers[8][1])
+    assert len(errors) == 2, errors
+    for obs, result in zip(batches, ok[:-1], strict=True):
+        got = {name: result.as_numpy(name) for name in OUTPUTS}
+        assert_same_as_native(got, native(server, "tactical", obs), "tactical")
+    last = ok[-1].get_response()
+    assert [o.name for o in last.outputs] == ["action"]
+    rows = native(server, "strategic", strategic)
+    assert [ACTIONS[a] for a in ok[-1].as_numpy("action")] == [r["action"] for r in rows]
+
+
+def test_grpc_stream_needs_the_api_key(artifacts_dir: Path) -> None:
+    grpc_port = free_port()
+    env = {"PIS_API_KEY": "s3cret-key"}
+    with start_server(artifacts_dir, workers=1, args=["--grpc-port", str(grpc_port)], env=env):
+        obs = observations("tactical", 1, seed=10)
+        inp = triton_grpc.InferInput("observation", [1, 60, 7], "FP32")
+        inp.set_data_from_numpy(obs)
+        request = {"model_name": "tactical", "inputs": [inp], "request_id": "k"}
+        [(result, error)] = _stream(grpc_port, [request])
+        assert result is None and error.status() == "StatusCode.UNAUTHENTICATED", error
+        [(result, error)] = _stream(grpc_port, [request], headers={"x-api-key": "s3cret-key"})
+        assert error is None and result.get_response().id == "k"
 
 
 def test_requested_outputs_limit_what_is_returned(http_client, grpc_client) -> None:
