@@ -13,6 +13,7 @@ import enum
 import itertools
 import logging
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -142,6 +143,7 @@ class WorkerPool:
         self.sojourn_ns = 0.0
         self._limit = config.max_inflight_per_worker
         self._background: set[asyncio.Task] = set()
+        self._starting: set[WorkerHandle] = set()  # replacements not ready yet
         # No worker processes (``--workers`` below ``--fronts``): this front runs every row
         # on its own copy, and counts it as a worker of its own in the statistics.
         self.inline_only = config.front_workers == 0
@@ -240,6 +242,10 @@ class WorkerPool:
         workers = self.active + self.draining
         while any(w.pending for w in workers) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
+        for w in self._starting:  # a replacement still loading is stopped too
+            if w.ready is not None and not w.ready.done():
+                w.ready.set_exception(StartFailed("the server is shutting down"))
+        workers += self._starting
         for w in workers:
             self._retire(w)
         await asyncio.gather(*(self._reap(w) for w in workers))
@@ -437,11 +443,7 @@ class WorkerPool:
         for pending in orphans:
             if pending.timer is not None:
                 pending.timer.cancel()
-            if pending.attempts == 0:
-                pending.attempts = 1
-                self._dispatch(pending, exclude=worker)
-            else:
-                self._fail(pending, WorkerLost("the worker serving this request died; retry"))
+        self._spawn_task(self._retry_orphans(orphans, worker))
         self._spawn_task(self._reap(worker))
         if self._closing or was is WorkerState.DRAINING or worker not in self.active:
             return
@@ -449,18 +451,46 @@ class WorkerPool:
         self._on_worker_event("died", worker.pid)
         self._spawn_task(self._replace(worker))
 
+    async def _retry_orphans(self, orphans: list[Pending], dead: WorkerHandle) -> None:
+        """A dead worker's batches go to another worker, or to the front's copy when none is
+        ready. A batch gets one retry; one whose worker was killed from outside (SIGKILL:
+        the OOM killer, an operator; several workers often go at once) gets two, since it
+        did not kill the worker itself. A worker that crashed (SIGSEGV, an abort) may have
+        died of its batch: that batch is not given a third process to crash."""
+        tries = 2 if await self._killed_from_outside(dead) else 1
+        for pending in orphans:
+            if pending.attempts < tries:
+                pending.attempts += 1
+                self._dispatch(pending, exclude=dead)
+            else:
+                self._fail(pending, WorkerLost("the worker serving this request died; retry"))
+
+    async def _killed_from_outside(self, worker: WorkerHandle) -> bool:
+        # Its socket closes a little before the process can be reaped: wait up to ~50 ms.
+        for _ in range(25):
+            status = worker.link.exit_status()
+            if status is not None:
+                return status == -signal.SIGKILL
+            await self._sleep(0.002)
+        return False
+
     async def _replace(self, dead: WorkerHandle) -> None:
         backoff_s = 0.1
         while not self._closing and dead in self.active:
             fresh = self._spawn(dead.slot, restarts=dead.restarts + 1)
+            self._starting.add(fresh)
             try:
                 await self._await_ready(fresh)
             except StartFailed as exc:
+                if self._closing:
+                    return  # stopped by close() while it loaded
                 log.error("replacement worker failed: %s", exc)
                 self._kill(fresh)
                 await self._sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
                 continue
+            finally:
+                self._starting.discard(fresh)
             if self._closing or dead not in self.active:
                 self._retire(fresh)
                 return

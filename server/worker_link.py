@@ -36,6 +36,9 @@ class WorkerLink(Protocol):
 
     def exited(self) -> bool: ...
 
+    def exit_status(self) -> int | None:
+        """None while the process runs; its exit code, or minus the signal that ended it."""
+
 
 # launch(on_frame, on_lost): a new worker, each of its frames handed to on_frame, its end
 # (EOF, a broken socket) to on_lost once
@@ -102,3 +105,6 @@ class ProcessLink:
 
     def exited(self) -> bool:
         return self.process.poll() is not None
+
+    def exit_status(self) -> int | None:
+        return self.process.poll()

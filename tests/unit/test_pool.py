@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -34,6 +35,7 @@ class FakeLink:
         self.starts = starts  # False: it fails to load its models
         self.requests: list[bytes] = []
         self.closed = self.killed = self.dead = self.broken = False
+        self.signal = 0  # what ended it, when it died of a signal
 
     # WorkerLink
     def send(self, frame: bytes) -> None:
@@ -54,6 +56,11 @@ class FakeLink:
 
     def exited(self) -> bool:
         return self.killed or self.closed or self.dead
+
+    def exit_status(self) -> int | None:
+        if self.killed:
+            return -signal.SIGKILL
+        return -self.signal if self.dead else None
 
     # what the test drives
     def _started(self, req_id: int) -> None:
@@ -77,9 +84,10 @@ class FakeLink:
         head = protocol.REPLY.pack(req_id, protocol.KIND_OK, rows, 1000, *int8)
         self.on_frame(head + status + out)
 
-    def die(self) -> None:
+    def die(self, by: int = signal.SIGSEGV) -> None:
         if not self.dead and not self.closed:
             self.dead = True
+            self.signal = by
             self.on_lost()
 
 
@@ -153,6 +161,13 @@ def submit(pool: WorkerPool, rows: int = 1) -> list[asyncio.Future]:
     return futures
 
 
+async def answered_by_the_front(futures: list[asyncio.Future]) -> None:
+    for fut in futures:
+        outputs, version, _ns = await fut
+        assert version == "v1"
+        assert np.frombuffer(outputs, np.float32).tolist() == [0.25] * FLOATS  # front_models
+
+
 def holder(launcher: Launcher) -> FakeLink:
     (link,) = [link for link in launcher.links if link.requests]
     return link
@@ -163,8 +178,9 @@ def test_a_dead_workers_batch_is_retried_once_then_answered_503() -> None:
         first, second = launcher.links
         futures = submit(pool, rows=2)
         original = holder(launcher)
-        original.die()
+        original.die()  # a crash (SIGSEGV): the batch may be what killed it
         other = second if original is first else first
+        await settle()
         assert other.requests, "retried on the other worker"
         other.die()
         for fut in futures:
@@ -173,6 +189,27 @@ def test_a_dead_workers_batch_is_retried_once_then_answered_503() -> None:
         await settle()
         assert len(launcher.links) == 4, "both dead workers are being replaced"
         assert {w.state for w in pool.active} == {WorkerState.READY}
+
+    run(scenario)
+
+
+def test_workers_killed_from_outside_leave_the_batch_to_the_front() -> None:
+    """Both workers SIGKILLed one after the other (an operator, the OOM killer): the batch
+    did not kill them, so after the second death it is not refused as lost twice but
+    answered by the front's own copy (no worker is left)."""
+
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        launcher.failing = 10**6  # replacements never come up
+        first, second = launcher.links
+        futures = submit(pool, rows=2)
+        original = holder(launcher)
+        original.die(signal.SIGKILL)
+        await settle()
+        other = second if original is first else first
+        assert other.requests, "retried on the other worker"
+        other.die(signal.SIGKILL)
+        await answered_by_the_front(futures)
+        launcher.failing = 0
 
     run(scenario)
 
@@ -264,10 +301,7 @@ def test_the_front_answers_while_no_worker_is_ready() -> None:
             link.die()
         assert not pool.ready()
         futures = submit(pool, rows=2)
-        for fut in futures:
-            outputs, version, _ns = await fut
-            assert version == "v1"
-            assert np.frombuffer(outputs, np.float32).tolist() == [0.25] * FLOATS
+        await answered_by_the_front(futures)
         launcher.failing = 0
 
     run(scenario)
