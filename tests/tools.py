@@ -12,7 +12,7 @@ import pytest
 
 def required_binary(name: str, ci_reason: str, package: str = "prometheus") -> str:
     """``name``'s path on PATH (promtool and prometheus come with ``apt-get install
-    prometheus``; wrk and gdb with their own packages)."""
+    prometheus``; wrk with its own package)."""
     path = shutil.which(name)
     if path is None:
         message = f"{name} not installed (apt-get install {package})"
