@@ -159,6 +159,8 @@ def output_arrays(outputs: list[bytes]) -> dict[str, np.ndarray]:
 
 
 def check_outputs(names: list[str]) -> None:
+    """Every name one of the outputs. A name asked for twice is answered once, the first
+    time's way, as Triton holds requested outputs in a set."""
     for name in names:
         if type(name) is not str or name not in OUTPUTS:
             raise BadTensor(f"unknown output {name!r}; the outputs are {', '.join(OUTPUTS)}")

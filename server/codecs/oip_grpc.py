@@ -208,7 +208,7 @@ class InferenceServicer:
                 request.model_name, request.model_version, core.pool.model_versions
             )
             job.rows = self._rows(job.model_idx, request)
-            job.requested = [output.name for output in request.outputs]
+            job.requested = list(dict.fromkeys(output.name for output in request.outputs))
             oip.check_outputs(job.requested)
         except ApiError as error:
             core.reject(job, error)

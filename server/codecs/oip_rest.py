@@ -194,4 +194,7 @@ def _requested(outputs: Any) -> list[tuple[str, bool | None]]:
         binary = _parameters(output, f"output {name!r}").get("binary_data")
         requested.append((name, None if binary is None else binary is True))
     oip.check_outputs([name for name, _ in requested])
-    return requested
+    once: dict[str, bool | None] = {}
+    for name, binary in requested:
+        once.setdefault(name, binary)
+    return list(once.items())

@@ -285,6 +285,24 @@ def test_requested_outputs_limit_what_is_returned(http_client, grpc_client) -> N
     assert result.as_numpy("confidence").shape == (3,)
 
 
+def test_an_output_asked_for_twice_is_answered_once(http_client, grpc_client) -> None:
+    obs = observations("tactical", 2, seed=6)
+    inp = triton_http.InferInput("observation", list(obs.shape), "FP32")
+    inp.set_data_from_numpy(obs)
+    twice = [triton_http.InferRequestedOutput("value", binary_data=b) for b in (True, False)]
+    twice.append(triton_http.InferRequestedOutput("action"))
+    response = http_client.infer("tactical", [inp], outputs=twice).get_response()
+    assert [o["name"] for o in response["outputs"]] == ["value", "action"]
+    assert "binary_data_size" in response["outputs"][0]["parameters"]  # the first one's way
+    ginp = triton_grpc.InferInput("observation", list(obs.shape), "FP32")
+    ginp.set_data_from_numpy(obs)
+    names = ["action", "value", "action"]
+    outputs = [triton_grpc.InferRequestedOutput(name) for name in names]
+    result = grpc_client.infer("tactical", [ginp], outputs=outputs)
+    assert [o.name for o in result.get_response().outputs] == ["action", "value"]
+    assert len(result.get_response().raw_output_contents) == 2
+
+
 def test_default_outputs_are_binary_only_when_asked(server) -> None:
     obs = observations("strategic", 2, seed=9)
     request = {"inputs": [{"name": "observation", "datatype": "FP32", "shape": [2, 48, 13],
