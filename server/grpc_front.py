@@ -60,7 +60,9 @@ class GrpcFront:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", max(limit, 4 * 1024 * 1024)),
-                ("grpc.so_reuseport", 0),
+                # one of several fronts shares the port the supervisor holds; a lone
+                # server must fail to start on a port that is taken, not share it
+                ("grpc.so_reuseport", int(config.front_slot is not None)),
             ],
         )
         servicer = InferenceServicer(core, runtime, config.max_request_batch)

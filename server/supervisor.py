@@ -83,6 +83,10 @@ def supervise(config: ServerConfig, argv: list[str]) -> int:
     port = holder.getsockname()[1]
     state_dir = Path(tempfile.mkdtemp(prefix="pis-fronts-"))
     shared = ["--port", str(port), "--front-state-dir", str(state_dir)]
+    holders = [holder]
+    if config.grpc_port is not None:  # the fronts share the gRPC port as they share HTTP's
+        holders.append(reuseport_socket(config.host, config.grpc_port, listen=False))
+        shared += ["--grpc-port", str(holders[-1].getsockname()[1])]
     fronts = [
         Front(slot, [*argv, *shared, "--front-slot", str(slot)]) for slot in range(config.fronts)
     ]
@@ -107,7 +111,8 @@ def supervise(config: ServerConfig, argv: list[str]) -> int:
             time.sleep(_POLL_S)
     finally:
         _stop(fronts, config.shutdown_grace_s + 5.0)
-        holder.close()
+        for sock in holders:
+            sock.close()
         shutil.rmtree(state_dir, ignore_errors=True)
     return 0
 

@@ -1,6 +1,6 @@
 """Two front processes on one port (``--fronts 2``): both serve, /stats and /metrics add up
 both fronts' counts, and a front killed and started again neither resets nor double-counts
-them."""
+them; the fronts share the gRPC port as they share HTTP's."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import start_server, wait_until
+from tests.support import free_port, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -126,3 +126,29 @@ def test_fronts_without_workers_run_every_row_themselves(artifacts_dir: Path) ->
 
 def get_post(url: str, document: dict) -> httpx.Response:
     return httpx.post(f"{url}/infer", json=document, timeout=10)
+
+
+def test_fronts_share_the_grpc_port(artifacts_dir: Path) -> None:
+    """``--fronts 2 --grpc-port P``: both fronts serve gRPC on P (the second one failed to
+    bind it and was restarted for ever), and calls over new channels reach both."""
+    import tritonclient.grpc as triton_grpc
+
+    grpc_port = free_port()
+    args = ["--fronts", "2", "--grpc-port", str(grpc_port)]
+    with start_server(artifacts_dir, workers=0, args=args) as server:
+        url = server.url
+        wait_until(lambda: len(fronts(url)) == 2, timeout_s=60)
+        pids = {slot: front["pid"] for slot, front in fronts(url).items()}
+        obs = np.random.default_rng(4).standard_normal((1, 60, 7)).astype(np.float32)
+        for _ in range(24):  # a channel a call: the kernel spreads connections over fronts
+            client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            tensor = triton_grpc.InferInput("observation", [1, 60, 7], "FP32")
+            tensor.set_data_from_numpy(obs)
+            result = client.infer("tactical", [tensor])
+            assert result.as_numpy("action").shape == (1,)
+            client.close()
+        wait_until(lambda: sum(f["requests"] for f in stats(url)["fronts"]) == 24)
+        served = fronts(url)
+        assert all(served[slot]["requests"] > 0 for slot in (0, 1)), served
+        assert {slot: front["pid"] for slot, front in served.items()} == pids, "a front restarted"
+        assert "exited" not in server.log_path.read_text()
