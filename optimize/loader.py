@@ -25,6 +25,7 @@ from optimize.manifest import (
     Guard,
     Manifest,
     ManifestError,
+    ModelRecord,
     VariantRecord,
 )
 from optimize.runners import Runner, open_runner
@@ -312,6 +313,43 @@ def reproduce_fidelity(
         guarded=guarded,
     )
     return figures
+
+
+def served_records(entry: ModelRecord) -> list[VariantRecord]:
+    """The variants the server loads for one model: the selected one, and an int8 batch
+    variant with its float32 fallback."""
+    records = [entry.selected_variant]
+    if entry.batch_variant is not None:
+        batch = entry.variant(entry.batch_variant)
+        records.append(batch)
+        if batch.guard is not None:
+            records.append(entry.variant(batch.guard.fallback_variant))
+    return records
+
+
+def copy_served(artifacts_dir: Path, into: Path) -> Manifest:
+    """Copies the manifest and every artifact it serves (each model's selected variant, and
+    an int8 batch variant with its float32 fallback) into the empty directory ``into``, each
+    checked against its sha256 as it is copied; returns the copy's manifest. What later
+    changes under ``artifacts_dir`` (the optimizer writing a new set, a corrupted file)
+    does not reach a process that loads the copy. Raises as ``verify_artifacts`` does."""
+    source = Path(artifacts_dir) / MANIFEST_NAME
+    try:
+        text = source.read_bytes()
+    except OSError as exc:
+        raise ManifestError(f"{source} cannot be read: {exc}") from exc
+    (Path(into) / MANIFEST_NAME).write_bytes(text)
+    try:
+        manifest = load_manifest(into)
+    except ManifestError as exc:  # name the user's file, not the copy
+        raise ManifestError(str(exc).replace(str(into), str(artifacts_dir))) from None
+    for name, entry in manifest.models.items():
+        for record in served_records(entry):
+            _, data = _read_verified(artifacts_dir, record, name)
+            path = _artifact_path(into, record, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    return manifest
 
 
 def verify_artifacts(artifacts_dir: Path) -> Manifest:

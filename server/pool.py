@@ -9,6 +9,7 @@ started and warmed while the others serve.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import itertools
 import logging
@@ -17,6 +18,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -37,6 +39,7 @@ from server.errors import (
     WorkerLost,
 )
 from server.outputs import ROW_BYTES
+from server.served_copy import ServedCopy
 from server.worker_link import Launch, ProcessLink, WorkerLink
 
 log = logging.getLogger("server.pool")
@@ -109,13 +112,18 @@ class WorkerPool:
         launch: Launch = ProcessLink,
         load_models: Callable[[ServerConfig], list] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        take_copy: Callable[[Path], ServedCopy] = ServedCopy.take,
     ) -> None:
         """``launch`` starts a worker, ``load_models`` loads the front's own copy (default:
-        ``server.worker.load_endpoints``), ``sleep`` waits between replacement attempts."""
+        ``server.worker.load_endpoints``), ``sleep`` waits between replacement attempts,
+        ``take_copy`` copies what a new generation serves (``server.served_copy``)."""
         self.config = config
         self._launch = launch
         self._load_models = load_models
         self._sleep = sleep
+        self._take_copy = take_copy
+        # what the generation now serving loaded, and what its replacements load
+        self.copy: ServedCopy | None = None
         self.balancer = balancer or make_balancer(config.balancer)
         self.active: list[WorkerHandle] = []
         self.draining: list[WorkerHandle] = []
@@ -130,9 +138,7 @@ class WorkerPool:
         self._reload_lock = asyncio.Lock()
         self._on_batch = on_batch or (lambda model, rows, ns, pid: None)
         self._on_worker_event = on_worker_event or (lambda event, pid: None)
-        self._config_frame = protocol.REQUEST.pack(0, protocol.CONTROL_MODEL, 0) + orjson.dumps(
-            config.to_json_dict()
-        )
+        self._config_frame = b""
         self._timeout_s = config.request_timeout_s
         self._inline_when_idle = config.inline_when_idle
         # per model: rows run on int8, rows its range and margin guards sent to float32
@@ -153,12 +159,32 @@ class WorkerPool:
     # ---------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
-        await self._serve(await self._start_generation())
+        await self._start_generation()
 
-    async def _serve(self, fresh: list[WorkerHandle]) -> None:
+    async def _start_generation(self) -> None:
+        """Copies what the manifest serves now, starts workers on the copy and loads the
+        front's own copy from it, then makes them the generation that serves; the one
+        before keeps serving if any of that fails."""
+        loop = asyncio.get_running_loop()
+        copy = await loop.run_in_executor(None, self._take_copy, self.config.artifacts_dir)
+        config = dataclasses.replace(self.config, artifacts_dir=copy.path)
+        frame = protocol.REQUEST.pack(0, protocol.CONTROL_MODEL, 0) + orjson.dumps(
+            config.to_json_dict()
+        )
+        try:
+            fresh = await self._start_workers(frame)
+            await self._serve(fresh, config)
+        except BaseException:
+            copy.remove()
+            raise
+        if self.copy is not None:
+            self.copy.remove()  # its workers loaded it when they started
+        self.copy, self._config_frame = copy, frame
+
+    async def _serve(self, fresh: list[WorkerHandle], config: ServerConfig) -> None:
         """Makes ``fresh`` the generation that serves, with the versions it loaded (with no
         workers, the versions the front's own copy loaded)."""
-        inline = await self._load_inline(dict(fresh[0].versions) if fresh else None)
+        inline = await self._load_inline(config, dict(fresh[0].versions) if fresh else None)
         if fresh:
             versions = dict(fresh[0].versions)
         elif inline is None:
@@ -171,7 +197,9 @@ class WorkerPool:
         self.key_prefixes = tuple(key_prefix(i, v) for i, v in enumerate(self.model_versions))
         self.inline = inline
 
-    async def _load_inline(self, versions: dict[str, str] | None) -> list | None:
+    async def _load_inline(
+        self, config: ServerConfig, versions: dict[str, str] | None
+    ) -> list | None:
         """The front's own copy of the models: for a lone request while every worker is idle
         (at low load the hop to a worker, two wake-ups and cold caches, costs several times
         the model itself), and for every request while no worker is ready (a crash, until
@@ -181,16 +209,16 @@ class WorkerPool:
             from server.worker import load_endpoints as load
 
         loop = asyncio.get_running_loop()
-        endpoints = await loop.run_in_executor(None, load, self.config)
+        endpoints = await loop.run_in_executor(None, load, config)
         loaded = {ep.spec.name: ep.served.version for ep in endpoints}
         if versions is not None and loaded != versions:
             log.warning("front loaded %s but workers serve %s; inline lane off", loaded, versions)
             return None
         return sorted(endpoints, key=lambda ep: MODEL_INDEX[ep.spec.name])
 
-    async def _start_generation(self) -> list[WorkerHandle]:
+    async def _start_workers(self, frame: bytes) -> list[WorkerHandle]:
         base = self._slot_base
-        workers = [self._spawn(base + i) for i in range(self.config.front_workers)]
+        workers = [self._spawn(base + i, frame=frame) for i in range(self.config.front_workers)]
         results = await asyncio.gather(
             *(self._await_ready(w) for w in workers), return_exceptions=True
         )
@@ -206,7 +234,9 @@ class WorkerPool:
             raise StartFailed(f"workers loaded different artifacts: {versions}")
         return workers
 
-    def _spawn(self, slot: int, restarts: int = 0) -> WorkerHandle:
+    def _spawn(self, slot: int, restarts: int = 0, frame: bytes | None = None) -> WorkerHandle:
+        """A worker on ``frame``'s configuration (a new generation's), by default the
+        serving generation's: a replacement loads what the one it replaces loaded."""
         handle: WorkerHandle | None = None
 
         def on_frame(frame: bytes) -> None:
@@ -218,7 +248,7 @@ class WorkerPool:
         link = self._launch(on_frame, on_lost)
         handle = WorkerHandle(slot=slot, link=link, restarts=restarts)
         handle.ready = asyncio.get_running_loop().create_future()
-        link.send(self._config_frame)
+        link.send(frame or self._config_frame)
         self._on_worker_event("started", link.pid)
         return handle
 
@@ -249,6 +279,8 @@ class WorkerPool:
         for w in workers:
             self._retire(w)
         await asyncio.gather(*(self._reap(w) for w in workers))
+        if self.copy is not None:
+            self.copy.remove()
 
     # ---------------------------------------------------------------- dispatch
 
@@ -533,7 +565,7 @@ class WorkerPool:
         one fails to start."""
         async with self._reload_lock:
             old = self.active
-            await self._serve(await self._start_generation())
+            await self._start_generation()
             for w in old:
                 if w.state is WorkerState.READY:
                     w.state = WorkerState.DRAINING

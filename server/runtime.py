@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from models.spec import SPECS
 from monitoring import Monitor, MonitorConfig, WorkerSnapshot
 from optimize.loader import verify_artifacts
+from optimize.manifest import ManifestError
 from server.batching import Batcher
 from server.cache import ResponseCache
 from server.codecs.native import NativeEndpoint
@@ -128,6 +129,7 @@ class Runtime:
         )
         await pool.start()
         self.pool = pool
+        self.manifest = pool.copy.manifest  # what it loaded, if the files changed meanwhile
         batchers = [
             Batcher(
                 i,
@@ -193,16 +195,13 @@ class Runtime:
 
     async def reload(self) -> dict[str, str]:
         assert self.pool is not None
-        loop = asyncio.get_running_loop()
-        try:
-            manifest = await loop.run_in_executor(None, verify_artifacts, self.config.artifacts_dir)
-        except Exception as exc:
-            raise ReloadRefused(f"new manifest refused, still serving the old one: {exc}") from exc
         try:
             versions = await self.pool.reload()
+        except ManifestError as exc:
+            raise ReloadRefused(f"new manifest refused, still serving the old one: {exc}") from exc
         except Exception as exc:
             raise ReloadRefused(f"new workers failed to start, still serving: {exc}") from exc
-        self.manifest = manifest
+        self.manifest = self.pool.copy.manifest
         log.info("reloaded: %s", versions)
         return versions
 

@@ -181,6 +181,58 @@ def test_reload_under_load_fails_no_request(artifacts_dir: Path, tmp_path: Path)
         assert httpx.post(f"{server.url}/infer", json=body(3)).status_code == 200
         assert (arts / "manifest.json").read_text() == manifest
 
+        # and it keeps serving when its workers die: replacements load the serving
+        # generation's own copy, not the file that no longer verifies
+        replace_every_worker(server.url, server.worker_pids())
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        assert httpx.post(f"{server.url}/infer", json=body(4)).status_code == 200
+
+
+def replace_every_worker(url: str, pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(
+        lambda: (
+            len(ready_workers(url)) == len(pids)
+            and not {w["pid"] for w in ready_workers(url)} & set(pids)
+        )
+    )
+
+
+def test_replacements_serve_what_was_loaded_not_what_the_directory_holds_now(
+    artifacts_dir: Path, tmp_path: Path
+) -> None:
+    """The optimizer (or an operator) selects another variant in the manifest without a
+    reload: workers started after that, to replace dead ones, still serve the set that
+    ``/models`` names, until a reload switches over."""
+    import orjson
+
+    arts = tmp_path / "arts"
+    shutil.copytree(artifacts_dir, arts)
+    args = ["--cache-size", "0", "--no-inline-when-idle"]
+    with start_server(arts, workers=2, args=args) as server:
+        served = httpx.get(f"{server.url}/models").json()["tactical"]
+        manifest = orjson.loads((arts / "manifest.json").read_bytes())
+        entry = manifest["models"]["tactical"]
+        other = next(
+            v["name"] for v in entry["variants"]
+            if v["name"] != entry["selected"] and v["runtime"] == "onnxruntime"
+            and v.get("sha256") and v.get("latency_us")
+        )  # fmt: skip
+        entry["selected"] = other
+        (arts / "manifest.json").write_bytes(orjson.dumps(manifest))
+        replace_every_worker(server.url, server.worker_pids())
+        for i in range(20):
+            answer = httpx.post(f"{server.url}/infer", json=body(i))
+            assert answer.status_code == 200 and answer.json()["version"] == served["version"]
+        assert httpx.get(f"{server.url}/models").json()["tactical"] == served
+        reloaded = httpx.post(f"{server.url}/admin/reload", timeout=60)
+        assert reloaded.status_code == 200, reloaded.text
+        now = httpx.get(f"{server.url}/models").json()["tactical"]
+        assert now["variant"] == other and now["version"] != served["version"]
+        answer = httpx.post(f"{server.url}/infer", json=body(99))
+        assert answer.json()["version"] == now["version"]
+
 
 def test_tampered_artifact_refused_at_start(artifacts_dir: Path, tmp_path: Path) -> None:
     arts = tmp_path / "arts"

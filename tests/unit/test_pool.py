@@ -1,13 +1,16 @@
 """The pool's failure logic with fake workers that implement ``WorkerLink``: retry once,
-timeout kill, draining on reload, replacement back-off, broken pipes, and the front's own
-copy while no worker is ready. Teardown checks that no batch is left and no link open."""
+timeout kill, draining on reload, replacement back-off, broken pipes, the front's own copy
+while no worker is ready, and the artifacts each generation loads. Teardown checks that no
+batch is left, no link open and no copy of the artifacts kept."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import signal
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,6 +23,7 @@ from server.config import ServerConfig
 from server.errors import InferenceTimeout, NonFiniteOutput, WorkerLost
 from server.outputs import FLOATS
 from server.pool import MODEL_NAMES, WorkerPool, WorkerState
+from server.served_copy import ServedCopy
 
 VERSIONS = {name: "v1" for name in MODEL_NAMES}
 _pids = itertools.count(1000)
@@ -36,6 +40,7 @@ class FakeLink:
         self.requests: list[bytes] = []
         self.closed = self.killed = self.dead = self.broken = False
         self.signal = 0  # what ended it, when it died of a signal
+        self.artifacts = ""  # the directory its configuration told it to load
 
     # WorkerLink
     def send(self, frame: bytes) -> None:
@@ -43,6 +48,7 @@ class FakeLink:
             raise BrokenPipeError(32, "Broken pipe")
         req_id, model, _rows = protocol.REQUEST.unpack_from(frame)
         if model == protocol.CONTROL_MODEL:
+            self.artifacts = orjson.loads(frame[protocol.REQUEST.size :])["artifacts_dir"]
             asyncio.get_running_loop().call_soon(self._started, req_id)
         else:
             self.requests.append(frame)
@@ -103,6 +109,17 @@ class Launcher:
         return link
 
 
+class Copies:
+    """``ServedCopy.take`` without artifacts: each generation's copy an empty directory."""
+
+    def __init__(self) -> None:
+        self.taken: list[ServedCopy] = []
+
+    def __call__(self, _artifacts_dir: Path) -> ServedCopy:
+        self.taken.append(ServedCopy(Path(tempfile.mkdtemp(prefix="test-served-")), None))
+        return self.taken[-1]
+
+
 def front_models(config: ServerConfig) -> list:
     def infer(payload: memoryview, rows: int) -> tuple[bytes, bytes]:
         status = bytes([protocol.ROW_FINITE]) * rows
@@ -137,11 +154,13 @@ def run(scenario: Callable, **config: object) -> None:
             sleeps.append(seconds)
             await asyncio.sleep(0)
 
+        copies = Copies()
         pool = WorkerPool(
             ServerConfig(workers=2, **config),  # type: ignore[arg-type]
             launch=launcher,
             load_models=front_models,
             sleep=sleep,
+            take_copy=copies,
         )
         await pool.start()
         await scenario(pool, launcher, sleeps)
@@ -149,6 +168,7 @@ def run(scenario: Callable, **config: object) -> None:
         await pool.close()
         assert all(not w.pending for w in pool.active + pool.draining), "a batch was left"
         assert all(link.exited() for link in launcher.links), "a worker was left running"
+        assert not any(c.path.exists() for c in copies.taken), "a copy of the artifacts was left"
 
     asyncio.run(main())
 
@@ -303,5 +323,32 @@ def test_the_front_answers_while_no_worker_is_ready() -> None:
         futures = submit(pool, rows=2)
         await answered_by_the_front(futures)
         launcher.failing = 0
+
+    run(scenario)
+
+
+def test_replacements_load_their_generations_copy_and_a_reload_takes_a_new_one() -> None:
+    """What a worker loads is its generation's copy of the artifacts, taken when the
+    generation started: a replacement loads the copy the worker it replaces loaded (not the
+    artifacts directory, which may hold another set by then); a reload takes a new copy and
+    removes the old one once it serves; a reload that fails removes its own."""
+
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        first = pool.copy
+        assert first is not None and first.path.exists()
+        assert {link.artifacts for link in launcher.links} == {str(first.path)}
+        launcher.links[0].die()
+        await settle()
+        assert launcher.links[2].artifacts == str(first.path)
+        await pool.reload()
+        second = pool.copy
+        assert second is not None and second is not first
+        assert not first.path.exists() and second.path.exists()
+        assert {link.artifacts for link in launcher.links[3:]} == {str(second.path)}
+        launcher.failing = 2
+        with pytest.raises(Exception, match="no model"):
+            await pool.reload()
+        assert pool.copy is second and second.path.exists()
+        assert {w.link.artifacts for w in pool.active} == {str(second.path)}
 
     run(scenario)
