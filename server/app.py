@@ -132,9 +132,13 @@ def build_api(runtime: Runtime) -> FastAPI:
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if is_oip_path(request.url.path):
-            return oip_error(exc.status_code, f"{exc.detail}: {request.url.path}")
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+            response = oip_error(exc.status_code, f"{exc.detail}: {request.url.path}")
+        else:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+            response = _error(exc.status_code, code, str(exc.detail))
+        if exc.headers:  # a 405's Allow (RFC 9110 15.5.6)
+            response.headers.update(exc.headers)
+        return response
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

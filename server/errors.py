@@ -10,6 +10,7 @@ class ApiError(Exception):
     status = 500
     code = "internal_error"
     retry_after_s: int | None = None
+    model_idx = -1  # the model the request named, once known: counted under it
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 
 from models.spec import ModelSpec
-from server.errors import BadRequest, InvalidObservation, NotFound
+from server.errors import ApiError, BadRequest, InvalidObservation, NotFound
 from server.simd_reader import SimdReader
 
 
@@ -115,6 +115,13 @@ class RequestParser:
                 'body must be a JSON object such as {"model": "tactical", "observation": [[...]]}'
             )
         model, idx = self._model(doc.get("model"))
+        try:
+            return self._request(body, doc, model, idx)
+        except ApiError as error:
+            error.model_idx = idx
+            raise
+
+    def _request(self, body: bytes, doc: dict, model: str, idx: int) -> ParsedRequest:
         spec = self._specs[model]
         single = doc.get("observation")
         many = doc.get("observations")

@@ -18,12 +18,15 @@ NO_HEADERS: Headers = ()
 _RETRY_AFTER = {n: ((b"retry-after", str(n).encode()),) for n in range(1, 11)}
 # RFC 9110: a 401 names the scheme that would be accepted
 CHALLENGE: Headers = ((b"www-authenticate", b'Bearer realm="policy-inference"'),)
+_ALLOW_POST: Headers = ((b"allow", b"POST"),)
 
 
 def error_headers(error: ApiError) -> Headers:
-    """Retry-After for a refusal worth retrying; the challenge for a 401."""
+    """Retry-After for a refusal worth retrying; the challenge for a 401; Allow for a 405."""
     seconds = error.retry_after_s
     if seconds is None:
+        if error.status == 405:  # the inference routes take POST alone
+            return _ALLOW_POST
         return CHALLENGE if error.status == 401 else NO_HEADERS
     return _RETRY_AFTER.get(seconds) or ((b"retry-after", str(seconds).encode()),)
 

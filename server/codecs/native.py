@@ -122,6 +122,12 @@ class NativeEndpoint:
             raise UnsupportedMediaType(
                 "send the body as JSON with 'Content-Type: application/json'"
             )
+        charset = head.foreign_charset()
+        if charset is not None:
+            raise UnsupportedMediaType(
+                f"the body must be UTF-8 JSON (RFC 8259), not charset={charset}; send UTF-8 "
+                "with 'Content-Type: application/json'"
+            )
         content_coding.check(head.content_encoding)
         if head.content_length > self.core.max_body:
             raise self.core.too_large(head.content_length)
@@ -137,6 +143,7 @@ class NativeEndpoint:
                 body = content_coding.decode(head.content_encoding, body, core.max_body)
             parsed = self.parser.parse(body)
         except ApiError as error:
+            job.model_idx = error.model_idx
             return core.reject(job, error)
         job.model_idx = parsed.model_idx
         job.rows = parsed.rows

@@ -394,6 +394,8 @@ def test_raw_http_requests_the_client_library_never_sends(server) -> None:
         assert set(response.json()) == {"error"} and response.json()["error"], case
     unsupported = _post(server, path, header, {"content-type": "text/plain"})
     assert unsupported.status_code == 415 and "error" in unsupported.json()
+    latin = _post(server, path, header, {"content-type": "application/json; charset=latin-1"})
+    assert latin.status_code == 415 and "UTF-8" in latin.json()["error"]
     nested = _post(server, path, orjson.dumps({"id": "n", "inputs": [{"name": "observation",
         "datatype": "FP32", "shape": [1, 60, 7], "data": obs.tolist()}]}))  # fmt: skip
     assert nested.status_code == 200 and nested.json()["id"] == "n"
@@ -470,6 +472,27 @@ def test_stats_and_metrics_count_each_protocol(server, http_client, grpc_client)
     for protocol in ("native", "oip_rest", "oip_grpc"):
         assert f'protocol="{protocol}"' in metrics
     assert 'model="unknown",protocol="oip_grpc",status="404"' in metrics
+
+
+def test_a_client_error_for_a_named_model_counts_under_it_in_every_protocol(
+    server, http_client
+) -> None:
+    """A wrong shape for a model the request names counts under that model, natively
+    (422) as through OIP (400); only a request whose model is not known is "unknown"."""
+
+    def client_errors(model: str, status: str) -> int:
+        models = httpx.get(f"{server.url}/stats").json()["models"]
+        return models.get(model, {}).get("since_start", {}).get("status", {}).get(status, 0)
+
+    native_before = client_errors("strategic", "422")
+    unknown_before = client_errors("unknown", "422")
+    wrong = httpx.post(f"{server.url}/infer", json={"model": "strategic", "observation": [[1.0]]})
+    assert wrong.status_code == 422
+    assert client_errors("strategic", "422") == native_before + 1
+    assert client_errors("unknown", "422") == unknown_before
+    nameless = httpx.post(f"{server.url}/infer", json={"observation": [[1.0]]})
+    assert nameless.status_code == 422
+    assert client_errors("unknown", "422") == unknown_before + 1
 
 
 def test_grpc_api_key_and_rate_limit(artifacts_dir: Path) -> None:

@@ -139,6 +139,10 @@ def error_of(response: httpx.Response) -> dict:
         (b"model=tactical", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         (b'{"model":"tactical","observation":[[0]]}', "application/jsonx", 415,
          "unsupported_media_type"),
+        (b'{"model":"tactical","observation":[[0]]}', "application/json; charset=latin-1", 415,
+         "unsupported_media_type"),
+        (b'{"model":"tactical","observation":[[0]]}', 'application/json; Charset="UTF-8"', 422,
+         "invalid_observation"),
         (b'{"model":"tactical"}', "application/json", 422, "invalid_observation"),
         (b'{"model":"tactical","observation":[[1,2]]}', "application/json", 422,
          "invalid_observation"),
@@ -167,6 +171,12 @@ def test_unknown_path_and_wrong_method_are_json_errors(server) -> None:
     assert error_of(httpx.get(f"{server.url}/nowhere"))["code"] == "not_found"
     r = httpx.get(f"{server.url}/infer")
     assert r.status_code == 405 and error_of(r)["code"] == "method_not_allowed"
+    assert r.headers["allow"] == "POST"  # RFC 9110: a 405 says which methods would do
+    r = httpx.post(f"{server.url}/healthz")
+    assert r.status_code == 405 and error_of(r)["code"] == "method_not_allowed"
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
+    r = httpx.put(f"{server.url}/v2/models/tactical/infer")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
 def test_operations_endpoints(server, artifacts_dir) -> None:
