@@ -92,17 +92,24 @@ def sha256_file(path: Path) -> str:
 
 def load_manifest(artifacts_dir: Path) -> Manifest:
     path = Path(artifacts_dir) / MANIFEST_NAME
+    return _parse_manifest(_read_manifest(path, artifacts_dir), path)
+
+
+def _read_manifest(path: Path, artifacts_dir: Path) -> bytes:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(
             f"{path} does not exist; run `python -m optimize --out {artifacts_dir}` first"
         ) from None
     except OSError as exc:
         raise ManifestError(f"{path} cannot be read: {exc}") from exc
+
+
+def _parse_manifest(text: bytes, path: Path) -> Manifest:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(
             f"{path} is not valid JSON ({exc}); re-run `python -m optimize`"
         ) from None
@@ -327,29 +334,22 @@ def served_records(entry: ModelRecord) -> list[VariantRecord]:
     return records
 
 
-def copy_served(artifacts_dir: Path, into: Path) -> Manifest:
-    """Copies the manifest and every artifact it serves (each model's selected variant, and
-    an int8 batch variant with its float32 fallback) into the empty directory ``into``, each
-    checked against its sha256 as it is copied; returns the copy's manifest. What later
-    changes under ``artifacts_dir`` (the optimizer writing a new set, a corrupted file)
-    does not reach a process that loads the copy. Raises as ``verify_artifacts`` does."""
-    source = Path(artifacts_dir) / MANIFEST_NAME
-    try:
-        text = source.read_bytes()
-    except OSError as exc:
-        raise ManifestError(f"{source} cannot be read: {exc}") from exc
-    (Path(into) / MANIFEST_NAME).write_bytes(text)
-    try:
-        manifest = load_manifest(into)
-    except ManifestError as exc:  # name the user's file, not the copy
-        raise ManifestError(str(exc).replace(str(into), str(artifacts_dir))) from None
+def read_served(artifacts_dir: Path) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest and every artifact it serves (each model's selected variant, and an int8
+    batch variant with its float32 fallback), each checked against its sha256: their bytes
+    by path relative to ``artifacts_dir``, the manifest's own included. A server keeps and
+    loads these, so that what later changes under ``artifacts_dir`` (the optimizer writing a
+    new set, a corrupted file) does not reach it. Raises as ``verify_artifacts`` does."""
+    root = Path(artifacts_dir).resolve()
+    path = root / MANIFEST_NAME
+    text = _read_manifest(path, artifacts_dir)
+    manifest = _parse_manifest(text, path)
+    files = {MANIFEST_NAME: text}
     for name, entry in manifest.models.items():
         for record in served_records(entry):
-            _, data = _read_verified(artifacts_dir, record, name)
-            path = _artifact_path(into, record, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-    return manifest
+            artifact, data = _read_verified(root, record, name)
+            files[str(artifact.relative_to(root))] = data
+    return manifest, files
 
 
 def verify_artifacts(artifacts_dir: Path) -> Manifest:

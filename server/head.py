@@ -46,17 +46,3 @@ class RequestHead:
         if self.content_type is None:
             return None
         return self.content_type.split(b";", 1)[0].strip().lower()
-
-    def foreign_charset(self) -> str | None:
-        """The content type's charset when it is not UTF-8, else None: JSON is UTF-8 (RFC
-        8259), and a body declared in another charset would be read as something else."""
-        content_type = self.content_type
-        if content_type is None or b";" not in content_type:
-            return None
-        for parameter in content_type.split(b";")[1:]:
-            name, _, value = parameter.partition(b"=")
-            if name.strip().lower() == b"charset":
-                charset = value.strip().strip(b'"').lower()
-                if charset not in (b"utf-8", b"utf8"):
-                    return charset.decode("latin-1")
-        return None

@@ -171,12 +171,21 @@ class WorkerPool:
         frame = protocol.REQUEST.pack(0, protocol.CONTROL_MODEL, 0) + orjson.dumps(
             config.to_json_dict()
         )
+        fresh: list[WorkerHandle] = []
         try:
             fresh = await self._start_workers(frame)
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
             await self._serve(fresh, config)
         except BaseException:
+            for w in fresh:
+                self._kill(w)
             copy.remove()
             raise
+        # Replacements of the generation before, still loading from its copy: their workers
+        # have left ``active``, so they would only be retired once ready.
+        for w in list(self._starting):
+            self._stop_starting(w, "its generation was replaced")
         if self.copy is not None:
             self.copy.remove()  # its workers loaded it when they started
         self.copy, self._config_frame = copy, frame
@@ -248,7 +257,7 @@ class WorkerPool:
         link = self._launch(on_frame, on_lost)
         handle = WorkerHandle(slot=slot, link=link, restarts=restarts)
         handle.ready = asyncio.get_running_loop().create_future()
-        link.send(frame or self._config_frame)
+        link.send(frame if frame is not None else self._config_frame)
         self._on_worker_event("started", link.pid)
         return handle
 
@@ -272,15 +281,21 @@ class WorkerPool:
         workers = self.active + self.draining
         while any(w.pending for w in workers) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
-        for w in self._starting:  # a replacement still loading is stopped too
-            if w.ready is not None and not w.ready.done():
-                w.ready.set_exception(StartFailed("the server is shutting down"))
-        workers += self._starting
+        starting = list(self._starting)
+        for w in starting:  # a replacement still loading is stopped too
+            self._stop_starting(w, "the server is shutting down")
+        workers += starting
         for w in workers:
             self._retire(w)
         await asyncio.gather(*(self._reap(w) for w in workers))
-        if self.copy is not None:
-            self.copy.remove()
+        async with self._reload_lock:  # a reload under way ends (and cleans up) first
+            if self.copy is not None:
+                self.copy.remove()
+
+    def _stop_starting(self, worker: WorkerHandle, why: str) -> None:
+        if worker.ready is not None and not worker.ready.done():
+            worker.ready.set_exception(StartFailed(why))
+        self._kill(worker)
 
     # ---------------------------------------------------------------- dispatch
 
@@ -509,13 +524,15 @@ class WorkerPool:
     async def _replace(self, dead: WorkerHandle) -> None:
         backoff_s = 0.1
         while not self._closing and dead in self.active:
+            if self.copy is not None:
+                self.copy.ensure()  # a cleaner of the temporary directory may have been by
             fresh = self._spawn(dead.slot, restarts=dead.restarts + 1)
             self._starting.add(fresh)
             try:
                 await self._await_ready(fresh)
             except StartFailed as exc:
-                if self._closing:
-                    return  # stopped by close() while it loaded
+                if self._closing or dead not in self.active:
+                    return  # stopped by close() or a reload while it loaded
                 log.error("replacement worker failed: %s", exc)
                 self._kill(fresh)
                 await self._sleep(backoff_s)
@@ -564,6 +581,8 @@ class WorkerPool:
         all are warm, and drains the old ones. The old generation keeps serving if the new
         one fails to start."""
         async with self._reload_lock:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down")
             old = self.active
             await self._start_generation()
             for w in old:

@@ -129,6 +129,15 @@ class Runtime:
         )
         await pool.start()
         self.pool = pool
+        try:
+            await self._serve(pool)
+        except BaseException:  # stop what has started (workers, their copy of the artifacts)
+            await self.stop()
+            raise
+
+    async def _serve(self, pool: WorkerPool) -> None:
+        loop = asyncio.get_running_loop()
+        assert pool.copy is not None
         self.manifest = pool.copy.manifest  # what it loaded, if the files changed meanwhile
         batchers = [
             Batcher(
@@ -156,8 +165,9 @@ class Runtime:
             # imported only when asked for: grpc costs the front memory it need not carry
             from server.grpc_front import GrpcFront
 
-            self.grpc = GrpcFront(self.config, core, self)
-            await self.grpc.start()
+            grpc = GrpcFront(self.config, core, self)
+            await grpc.start()
+            self.grpc = grpc
         self._ticker = loop.create_task(self._tick_forever())
         # Everything loaded so far (runtimes, modules, models) lives as long as the server:
         # keep it out of the collector's full passes.

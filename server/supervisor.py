@@ -79,14 +79,21 @@ class Front:
 
 
 def supervise(config: ServerConfig, argv: list[str]) -> int:
-    holder = reuseport_socket(config.host, config.port, listen=False)
-    port = holder.getsockname()[1]
+    holders = []
+    ports = [config.port] if config.grpc_port is None else [config.port, config.grpc_port]
+    for wanted in ports:  # the fronts share the gRPC port as they share HTTP's
+        try:
+            holders.append(reuseport_socket(config.host, wanted, listen=False))
+        except OSError as exc:
+            for sock in holders:
+                sock.close()
+            print(f"cannot bind {config.host}:{wanted}: {exc.strerror}", file=sys.stderr)
+            return 1
+    port = holders[0].getsockname()[1]
     state_dir = Path(tempfile.mkdtemp(prefix="pis-fronts-"))
     shared = ["--port", str(port), "--front-state-dir", str(state_dir)]
-    holders = [holder]
-    if config.grpc_port is not None:  # the fronts share the gRPC port as they share HTTP's
-        holders.append(reuseport_socket(config.host, config.grpc_port, listen=False))
-        shared += ["--grpc-port", str(holders[-1].getsockname()[1])]
+    if config.grpc_port is not None:
+        shared += ["--grpc-port", str(holders[1].getsockname()[1])]
     fronts = [
         Front(slot, [*argv, *shared, "--front-slot", str(slot)]) for slot in range(config.fronts)
     ]

@@ -122,12 +122,6 @@ class NativeEndpoint:
             raise UnsupportedMediaType(
                 "send the body as JSON with 'Content-Type: application/json'"
             )
-        charset = head.foreign_charset()
-        if charset is not None:
-            raise UnsupportedMediaType(
-                f"the body must be UTF-8 JSON (RFC 8259), not charset={charset}; send UTF-8 "
-                "with 'Content-Type: application/json'"
-            )
         content_coding.check(head.content_encoding)
         if head.content_length > self.core.max_body:
             raise self.core.too_large(head.content_length)

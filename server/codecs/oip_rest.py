@@ -92,9 +92,6 @@ class OipRestEndpoint:
                 "application/octet-stream), with binary tensors after it when "
                 "Inference-Header-Content-Length is given"
             )
-        charset = head.foreign_charset()
-        if charset is not None:
-            raise UnsupportedMediaType(f"the JSON must be UTF-8 (RFC 8259), not charset={charset}")
         if head.header_length == -2:
             raise oip.BadTensor("Inference-Header-Content-Length must be a byte count")
         content_coding.check(head.content_encoding)

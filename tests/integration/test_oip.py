@@ -204,7 +204,12 @@ def _stream(port: int, requests: list[dict], headers: dict | None = None) -> lis
     client.start_stream(lambda result, error: answers.put((result, error)), headers=headers)
     try:
         for request in requests:
-            client.async_stream_infer(**request)
+            try:
+                client.async_stream_infer(**request)
+            except InferenceServerException:
+                # the server ended the stream before this was sent (a wrong key ends it as
+                # it opens); the reason came through the callback
+                return [answers.get(timeout=30)]
         return [answers.get(timeout=30) for _ in requests]
     finally:
         client.stop_stream()
@@ -394,8 +399,6 @@ def test_raw_http_requests_the_client_library_never_sends(server) -> None:
         assert set(response.json()) == {"error"} and response.json()["error"], case
     unsupported = _post(server, path, header, {"content-type": "text/plain"})
     assert unsupported.status_code == 415 and "error" in unsupported.json()
-    latin = _post(server, path, header, {"content-type": "application/json; charset=latin-1"})
-    assert latin.status_code == 415 and "UTF-8" in latin.json()["error"]
     nested = _post(server, path, orjson.dumps({"id": "n", "inputs": [{"name": "observation",
         "datatype": "FP32", "shape": [1, 60, 7], "data": obs.tolist()}]}))  # fmt: skip
     assert nested.status_code == 200 and nested.json()["id"] == "n"

@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -318,3 +319,33 @@ def test_sigterm_closes_busy_keep_alive_connections_gracefully(artifacts_dir: Pa
             t.join(20)
         server.process.wait(30)
     assert outcomes == ["closed gracefully"] * 8, outcomes
+
+
+@pytest.mark.parametrize("fronts", [1, 2])
+def test_a_taken_grpc_port_stops_start_up_and_leaves_nothing_behind(
+    artifacts_dir: Path, tmp_path: Path, fronts: int
+) -> None:
+    """One front: start-up fails after its workers and their copy of the artifacts were
+    made; both go. Several: the supervisor says which port it cannot bind, no traceback."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT, free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        command = [
+            sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(free_port()),
+            "--artifacts", str(artifacts_dir), "--workers", "1", "--fronts", str(fronts),
+            "--grpc-port", str(taken.getsockname()[1]), "--no-build-artifacts-if-missing",
+        ]  # fmt: skip
+        env = {**os.environ, "TMPDIR": str(tmp_path)}
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode != 0, done.stdout + done.stderr
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith("pis-")]
+    assert left == [], "a copy of the artifacts or the fronts' directory was left"
+    if fronts > 1:
+        assert "cannot bind 127.0.0.1:" in done.stderr and "Traceback" not in done.stderr

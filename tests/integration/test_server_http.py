@@ -139,8 +139,8 @@ def error_of(response: httpx.Response) -> dict:
         (b"model=tactical", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         (b'{"model":"tactical","observation":[[0]]}', "application/jsonx", 415,
          "unsupported_media_type"),
-        (b'{"model":"tactical","observation":[[0]]}', "application/json; charset=latin-1", 415,
-         "unsupported_media_type"),
+        (b'{"model":"tactical","observation":[[0]]}', "application/json; charset=latin-1", 422,
+         "invalid_observation"),  # RFC 8259 section 11: a charset has no effect
         (b'{"model":"tactical","observation":[[0]]}', 'application/json; Charset="UTF-8"', 422,
          "invalid_observation"),
         (b'{"model":"tactical"}', "application/json", 422, "invalid_observation"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import pytest
 from models.spec import SPECS
 from server import protocol
 from server.config import ServerConfig
-from server.errors import InferenceTimeout, NonFiniteOutput, WorkerLost
+from server.errors import InferenceTimeout, NonFiniteOutput, ShuttingDown, WorkerLost
 from server.outputs import FLOATS
 from server.pool import MODEL_NAMES, WorkerPool, WorkerState
 from server.served_copy import ServedCopy
@@ -32,11 +33,14 @@ _pids = itertools.count(1000)
 class FakeLink:
     """A worker that is ready when told (or at once) and answers when the test says so."""
 
-    def __init__(self, on_frame: Callable, on_lost: Callable, *, starts: bool = True) -> None:
+    def __init__(
+        self, on_frame: Callable, on_lost: Callable, *, starts: bool = True, held: bool = False
+    ) -> None:
         self.pid = next(_pids)
         self.on_frame = on_frame
         self.on_lost = on_lost
         self.starts = starts  # False: it fails to load its models
+        self.held: int | None = -1 if held else None  # loading until release()
         self.requests: list[bytes] = []
         self.closed = self.killed = self.dead = self.broken = False
         self.signal = 0  # what ended it, when it died of a signal
@@ -49,7 +53,10 @@ class FakeLink:
         req_id, model, _rows = protocol.REQUEST.unpack_from(frame)
         if model == protocol.CONTROL_MODEL:
             self.artifacts = orjson.loads(frame[protocol.REQUEST.size :])["artifacts_dir"]
-            asyncio.get_running_loop().call_soon(self._started, req_id)
+            if self.held is None:
+                asyncio.get_running_loop().call_soon(self._started, req_id)
+            else:
+                self.held = req_id
         else:
             self.requests.append(frame)
 
@@ -69,6 +76,11 @@ class FakeLink:
         return -self.signal if self.dead else None
 
     # what the test drives
+    def release(self) -> None:
+        """A held worker has loaded its models."""
+        assert self.held is not None and self.held >= 0
+        self._started(self.held)
+
     def _started(self, req_id: int) -> None:
         if self.dead or self.closed:
             return
@@ -101,10 +113,13 @@ class Launcher:
     def __init__(self) -> None:
         self.links: list[FakeLink] = []
         self.failing = 0  # the next this many workers fail to start
+        self.holding = 0  # the next this many workers load until released
+        self.copies: Copies | None = None  # what the pool took as its generations' copies
 
     def __call__(self, on_frame: Callable, on_lost: Callable) -> FakeLink:
-        link = FakeLink(on_frame, on_lost, starts=self.failing <= 0)
+        link = FakeLink(on_frame, on_lost, starts=self.failing <= 0, held=self.holding > 0)
         self.failing -= 1
+        self.holding -= 1
         self.links.append(link)
         return link
 
@@ -116,7 +131,8 @@ class Copies:
         self.taken: list[ServedCopy] = []
 
     def __call__(self, _artifacts_dir: Path) -> ServedCopy:
-        self.taken.append(ServedCopy(Path(tempfile.mkdtemp(prefix="test-served-")), None))
+        path = Path(tempfile.mkdtemp(prefix="test-served-"))
+        self.taken.append(ServedCopy(path, None, {"manifest.json": b"{}"}))
         return self.taken[-1]
 
 
@@ -162,6 +178,7 @@ def run(scenario: Callable, **config: object) -> None:
             sleep=sleep,
             take_copy=copies,
         )
+        launcher.copies = copies
         await pool.start()
         await scenario(pool, launcher, sleeps)
         await settle()
@@ -337,9 +354,11 @@ def test_replacements_load_their_generations_copy_and_a_reload_takes_a_new_one()
         first = pool.copy
         assert first is not None and first.path.exists()
         assert {link.artifacts for link in launcher.links} == {str(first.path)}
+        shutil.rmtree(first.path)  # a cleaner of the temporary directory came by
         launcher.links[0].die()
         await settle()
         assert launcher.links[2].artifacts == str(first.path)
+        assert (first.path / "manifest.json").read_bytes() == b"{}", "written again first"
         await pool.reload()
         second = pool.copy
         assert second is not None and second is not first
@@ -350,5 +369,47 @@ def test_replacements_load_their_generations_copy_and_a_reload_takes_a_new_one()
             await pool.reload()
         assert pool.copy is second and second.path.exists()
         assert {w.link.artifacts for w in pool.active} == {str(second.path)}
+
+    run(scenario)
+
+
+def test_a_reload_stops_the_replacements_still_loading_from_the_old_copy() -> None:
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        first = pool.copy
+        assert first is not None
+        launcher.holding = 1
+        launcher.links[0].die()
+        await settle()
+        loading = launcher.links[2]
+        assert loading.artifacts == str(first.path) and not loading.exited()
+        await pool.reload()
+        assert loading.killed and not first.path.exists()
+        await settle()
+        assert len(launcher.links) == 5, "no replacement tried after the switch"
+        assert [w.link for w in pool.active] == launcher.links[3:]
+        assert all(w.state is WorkerState.READY for w in pool.active)
+
+    run(scenario)
+
+
+def test_closing_during_a_reload_leaves_no_worker_and_no_copy() -> None:
+    async def scenario(pool: WorkerPool, launcher: Launcher, _sleeps: list) -> None:
+        launcher.holding = 2
+        reload = asyncio.create_task(pool.reload())
+        while len(launcher.links) < 4:  # the copy is taken in a thread
+            await asyncio.sleep(0.01)
+        starting = launcher.links[2:]
+        closing = asyncio.create_task(pool.close())
+        await settle()
+        for link in starting:
+            link.release()
+        with pytest.raises(ShuttingDown):
+            await reload
+        await closing
+        assert all(link.exited() for link in launcher.links)
+        assert launcher.copies is not None and len(launcher.copies.taken) == 2
+        assert not any(c.path.exists() for c in launcher.copies.taken)
+        with pytest.raises(ShuttingDown):
+            await pool.reload()
 
     run(scenario)

@@ -1,6 +1,6 @@
 """``server.served_copy``: what a generation of workers loads is a private copy of the files
-the manifest serves, each checked as it is copied, unchanged by what later happens to the
-artifacts directory."""
+the manifest serves, each checked as it is read, unchanged by what later happens to the
+artifacts directory, and written again when it goes from the temporary directory."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ def test_the_copy_holds_what_is_served_and_outlives_changes_to_the_source(
             if path.is_file():
                 path.write_bytes(b"changed")
         assert verify_artifacts(copy.path) == copy.manifest
+        # a cleaner of the temporary directory takes the copy, or a file of it: what a
+        # worker is about to load is written again from the bytes the front kept
+        shutil.rmtree(copy.path)
+        copy.ensure()
+        assert verify_artifacts(copy.path) == copy.manifest
+        selected = copy.manifest.models["tactical"].selected_variant.file
+        (copy.path / selected).write_bytes(b"cut")
+        copy.ensure()
+        assert verify_artifacts(copy.path) == copy.manifest
     finally:
         copy.remove()
     assert not copy.path.exists()
@@ -62,4 +71,4 @@ def test_a_source_that_does_not_verify_leaves_no_copy(
     with pytest.raises(ManifestError, match=str(arts)) as refused:
         ServedCopy.take(arts)
     assert "pis-served-" not in str(refused.value), "the error names the user's file"
-    assert len(made) == 2 and not any(p.exists() for p in made)
+    assert made == [], "the source is read and checked before any directory is made"
