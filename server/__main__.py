@@ -13,7 +13,7 @@ from server.app import create_app
 from server.auth import ApiKeys, startup_warnings
 from server.config import ConfigError, ServerConfig, load_config
 from server.fastlane import http_protocol
-from server.fronts import reuseport_socket
+from server.fronts import bind_problem, reuseport_socket
 
 
 def ensure_artifacts(config: ServerConfig) -> None:
@@ -58,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         from server.supervisor import supervise
 
         return supervise(config, args)
+    if config.front_slot is None:
+        for port in (config.port, config.grpc_port):
+            problem = bind_problem(config.host, port) if port else None  # 0: any free port
+            if problem is not None:
+                print(f"cannot bind {config.host}:{port}: {problem}", file=sys.stderr)
+                return 1
     app = create_app(config)
     settings = dict(
         loop="uvloop",

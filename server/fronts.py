@@ -38,6 +38,19 @@ def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
     return sock
 
 
+def bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now (taken, not ours), or None: checked
+    before start-up, which otherwise fails only after the workers have loaded."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 class FrontShare:
     """This front's file in the shared directory, and the other fronts' files."""
 
