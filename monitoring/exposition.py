@@ -101,7 +101,12 @@ def _alerts(monitor: Monitor, out: TextBuilder) -> None:
 
 
 def _workers(monitor: Monitor, out: TextBuilder) -> None:
-    workers = sorted(monitor.workers, key=lambda w: w.index)
+    # One sample per slot: while a reload drains, a slot's old worker is listed after its
+    # new one, and two samples with the same labels would be an invalid exposition.
+    by_slot: dict[int, WorkerSnapshot] = {}
+    for worker in monitor.workers:
+        by_slot.setdefault(worker.index, worker)
+    workers = sorted(by_slot.values(), key=lambda w: w.index)
     per_worker: tuple[tuple[str, str, str, Callable[[WorkerSnapshot], int]], ...] = (
         ("worker_up", "gauge", "1 if the inference worker is ready, else 0.",
          lambda w: int(w.state == "ready")),

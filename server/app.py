@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -217,6 +218,10 @@ def _add_operations(api: FastAPI, runtime: Runtime) -> None:  # noqa: C901 - one
         except ReloadRefused as exc:
             log.warning("reload refused: %s", exc)
             return _error(409, "reload_refused", str(exc))
+        if runtime.config.front_slot is not None:
+            # one of several fronts: the supervisor passes the reload on to every front, so
+            # that none goes on serving the old set (this one reloads once more, to the same)
+            os.kill(os.getppid(), signal.SIGHUP)
         return JSONResponse({"status": "reloaded", "versions": versions})
 
 

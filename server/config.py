@@ -125,6 +125,10 @@ def _validate(c: ServerConfig) -> None:
         "out to serve no gRPC",
     )
     _check(
+        c.grpc_port is None or c.grpc_port == 0 or c.grpc_port != c.port,
+        f"grpc_port {c.grpc_port} is the HTTP port too; give gRPC a port of its own",
+    )
+    _check(
         0 <= c.workers <= 64,
         f"workers={c.workers}; write a count from 0 (each front runs every row itself) to 64",
     )

@@ -150,6 +150,7 @@ class WorkerPool:
         self._limit = config.max_inflight_per_worker
         self._background: set[asyncio.Task] = set()
         self._starting: set[WorkerHandle] = set()  # replacements not ready yet
+        self._slot_restarts: dict[int, int] = {}  # a counter: a reload does not reset it
         # No worker processes (``--workers`` below ``--fronts``): this front runs every row
         # on its own copy, and counts it as a worker of its own in the statistics.
         self.inline_only = config.front_workers == 0
@@ -544,6 +545,7 @@ class WorkerPool:
                 self._retire(fresh)
                 return
             self.active[self.active.index(dead)] = fresh
+            self._slot_restarts[fresh.slot] = self._slot_restarts.get(fresh.slot, 0) + 1
             self._on_worker_event("restarted", fresh.pid)
             return
 
@@ -623,7 +625,7 @@ class WorkerPool:
                 state=w.state.value,
                 in_flight=w.in_flight,
                 served=w.served,
-                restarts=w.restarts,
+                restarts=self._slot_restarts.get(w.slot, 0),
             )
             for w in self.active + self.draining
         ]

@@ -152,3 +152,50 @@ def test_fronts_share_the_grpc_port(artifacts_dir: Path) -> None:
         assert all(served[slot]["requests"] > 0 for slot in (0, 1)), served
         assert {slot: front["pid"] for slot, front in served.items()} == pids, "a front restarted"
         assert "exited" not in server.log_path.read_text()
+
+
+def test_an_admin_reload_through_one_front_reloads_every_front(
+    artifacts_dir: Path, tmp_path: Path
+) -> None:
+    """``POST /admin/reload`` lands on one front; the supervisor passes it to the others, so
+    no front goes on serving the old set. A second server on the same ports is refused."""
+    import shutil
+    import subprocess
+    import sys
+
+    import orjson
+
+    from tests.support import ROOT
+
+    arts = tmp_path / "arts"
+    shutil.copytree(artifacts_dir, arts)
+    with start_server(arts, workers=2, args=["--fronts", "2"]) as server:
+        url = server.url
+        wait_until(lambda: len(fronts(url)) == 2, timeout_s=60)
+        before = get(f"{url}/models").json()["tactical"]["version"]
+        manifest = orjson.loads((arts / "manifest.json").read_bytes())
+        entry = manifest["models"]["tactical"]
+        entry["selected"] = next(
+            v["name"] for v in entry["variants"]
+            if v["name"] != entry["selected"] and v["runtime"] == "onnxruntime"
+            and v.get("sha256") and v.get("latency_us")
+        )  # fmt: skip
+        (arts / "manifest.json").write_bytes(orjson.dumps(manifest))
+        reloaded = httpx.post(f"{url}/admin/reload", timeout=60)
+        assert reloaded.status_code == 200, reloaded.text
+        after = reloaded.json()["versions"]["tactical"]
+        assert after != before
+
+        def every_front_serves_the_new_set() -> bool:
+            return all(  # new connections: the kernel spreads them over both fronts
+                get(f"{url}/models").json()["tactical"]["version"] == after for _ in range(16)
+            )
+
+        wait_until(every_front_serves_the_new_set, timeout_s=60)
+
+        second = subprocess.run(
+            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(server.port),
+             "--artifacts", str(arts), "--fronts", "2", "--no-build-artifacts-if-missing"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1 and "cannot bind" in second.stderr, second.stderr

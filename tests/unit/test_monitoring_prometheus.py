@@ -84,6 +84,18 @@ def test_text_parses_and_holds_the_expected_families() -> None:
     assert up == {"0": 1.0, "1": 0.0}
 
 
+def test_a_slot_draining_after_a_reload_is_one_sample_per_family() -> None:
+    """While a reload drains, the pool lists a slot's new worker and then its old one: the
+    exposition keeps the first, so no two samples share labels."""
+    draining = [*WORKERS, WorkerSnapshot(0, 99, "draining", 3, 10, 4)]
+    found = families(busy_monitor().prometheus_text(draining))
+    for family in ("pis_worker_up", "pis_worker_in_flight", "pis_worker_restarts"):
+        labels = [s.labels["worker"] for s in found[family].samples if "_created" not in s.name]
+        assert sorted(labels) == ["0", "1"], (family, labels)
+    up = {s.labels["worker"]: s.value for s in found["pis_worker_up"].samples}
+    assert up == {"0": 1.0, "1": 0.0}
+
+
 def test_latency_buckets_tell_50us_from_500us() -> None:
     found = families(busy_monitor().prometheus_text(WORKERS))
     buckets = {

@@ -369,6 +369,8 @@ def test_replacements_load_their_generations_copy_and_a_reload_takes_a_new_one()
             await pool.reload()
         assert pool.copy is second and second.path.exists()
         assert {w.link.artifacts for w in pool.active} == {str(second.path)}
+        # slot 0 was restarted once; its counter survives the reload's new workers
+        assert {s.index: s.restarts for s in pool.snapshot() if s.state == "ready"} == {0: 1, 1: 0}
 
     run(scenario)
 

@@ -392,6 +392,7 @@ def test_config_flags_override_environment() -> None:
         (["--monitoring", "--workers", "two"], "is not valid for workers"),
         (["--max-inflight-per-worker", "32", "--max-batch-size", "8"], "max_request_batch"),
         (["--busy-poll-us", "-5"], "write 0"),
+        (["--port", "9000", "--grpc-port", "9000"], "give gRPC a port of its own"),
     ],
 )
 def test_config_errors_say_what_to_write(argv: list[str], hint: str) -> None:
