@@ -13,7 +13,7 @@ from server.app import create_app
 from server.auth import ApiKeys, startup_warnings
 from server.config import ConfigError, ServerConfig, load_config
 from server.fastlane import http_protocol
-from server.fronts import bind_problem, reuseport_socket
+from server.fronts import reuseport_socket, unbindable
 
 
 def ensure_artifacts(config: ServerConfig) -> None:
@@ -54,16 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         print(f"cannot serve {config.artifacts_dir}: {exc}", file=sys.stderr)
         return 3
+    if config.front_slot is None:  # a front binds the ports its supervisor holds
+        problem = unbindable(config.host, [config.port, config.grpc_port])
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 1
     if config.fronts > 1 and config.front_slot is None:
         from server.supervisor import supervise
 
         return supervise(config, args)
-    if config.front_slot is None:
-        for port in (config.port, config.grpc_port):
-            problem = bind_problem(config.host, port) if port else None  # 0: any free port
-            if problem is not None:
-                print(f"cannot bind {config.host}:{port}: {problem}", file=sys.stderr)
-                return 1
     app = create_app(config)
     settings = dict(
         loop="uvloop",

@@ -38,16 +38,21 @@ def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
     return sock
 
 
-def bind_problem(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be listened on now (taken, not ours), or None: checked
-    before start-up, which otherwise fails only after the workers have loaded."""
+def unbindable(host: str, ports: list[int | None]) -> str | None:
+    """``cannot bind HOST:PORT: why`` for the first of ``ports`` that cannot be listened on
+    now, else None (None and 0 skipped: no gRPC, any free port). Bound without
+    SO_REUSEPORT, so that another server's fronts do not let us share their port; checked
+    before start-up, which would otherwise fail only after the workers have loaded."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            return exc.strerror or str(exc)
+    for port in ports:
+        if not port:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                return f"cannot bind {host}:{port}: {exc.strerror or exc}"
     return None
 
 

@@ -138,7 +138,7 @@ class WorkerPool:
         self._reload_lock = asyncio.Lock()
         self._on_batch = on_batch or (lambda model, rows, ns, pid: None)
         self._on_worker_event = on_worker_event or (lambda event, pid: None)
-        self._config_frame = b""
+        self._config_frame = b""  # the serving generation's, once started
         self._timeout_s = config.request_timeout_s
         self._inline_when_idle = config.inline_when_idle
         # per model: rows run on int8, rows its range and margin guards sent to float32
@@ -228,7 +228,7 @@ class WorkerPool:
 
     async def _start_workers(self, frame: bytes) -> list[WorkerHandle]:
         base = self._slot_base
-        workers = [self._spawn(base + i, frame=frame) for i in range(self.config.front_workers)]
+        workers = [self._spawn(base + i, frame) for i in range(self.config.front_workers)]
         results = await asyncio.gather(
             *(self._await_ready(w) for w in workers), return_exceptions=True
         )
@@ -244,9 +244,9 @@ class WorkerPool:
             raise StartFailed(f"workers loaded different artifacts: {versions}")
         return workers
 
-    def _spawn(self, slot: int, restarts: int = 0, frame: bytes | None = None) -> WorkerHandle:
-        """A worker on ``frame``'s configuration (a new generation's), by default the
-        serving generation's: a replacement loads what the one it replaces loaded."""
+    def _spawn(self, slot: int, frame: bytes, restarts: int = 0) -> WorkerHandle:
+        """A worker on ``frame``'s configuration: a new generation's, or for a replacement
+        the serving generation's, so that it loads what the one it replaces loaded."""
         handle: WorkerHandle | None = None
 
         def on_frame(frame: bytes) -> None:
@@ -258,7 +258,7 @@ class WorkerPool:
         link = self._launch(on_frame, on_lost)
         handle = WorkerHandle(slot=slot, link=link, restarts=restarts)
         handle.ready = asyncio.get_running_loop().create_future()
-        link.send(frame if frame is not None else self._config_frame)
+        link.send(frame)
         self._on_worker_event("started", link.pid)
         return handle
 
@@ -527,7 +527,7 @@ class WorkerPool:
         while not self._closing and dead in self.active:
             if self.copy is not None:
                 self.copy.ensure()  # a cleaner of the temporary directory may have been by
-            fresh = self._spawn(dead.slot, restarts=dead.restarts + 1)
+            fresh = self._spawn(dead.slot, self._config_frame, restarts=dead.restarts + 1)
             self._starting.add(fresh)
             try:
                 await self._await_ready(fresh)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from models.spec import SPECS
 from monitoring import Monitor, MonitorConfig, WorkerSnapshot
-from optimize.loader import verify_artifacts
+from optimize.loader import load_manifest
 from optimize.manifest import ManifestError
 from server.batching import Batcher
 from server.cache import ResponseCache
@@ -107,9 +107,9 @@ class Runtime:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.manifest = await loop.run_in_executor(
-            None, verify_artifacts, self.config.artifacts_dir
-        )
+        # read for the monitor's configuration; the pool checks every file as it copies them,
+        # and the manifest that serves is the copy's
+        self.manifest = await loop.run_in_executor(None, load_manifest, self.config.artifacts_dir)
         self.monitor = Monitor(monitor_config(self.config, self.manifest))
         if self.share is not None:
             earlier = self.share.earlier_life()

@@ -16,7 +16,6 @@ import ctypes
 import logging
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 from server.config import ServerConfig
-from server.fronts import bind_problem, reuseport_socket
+from server.fronts import reuseport_socket
 
 log = logging.getLogger("server.supervisor")
 
@@ -80,10 +79,9 @@ class Front:
 
 
 def supervise(config: ServerConfig, argv: list[str]) -> int:
+    # the gRPC port is held for the fronts as HTTP's is (``main`` checked both are free)
     ports = [config.port] if config.grpc_port is None else [config.port, config.grpc_port]
-    holders = _hold(config.host, ports)
-    if holders is None:
-        return 1
+    holders = [reuseport_socket(config.host, p, listen=False) for p in ports]
     port = holders[0].getsockname()[1]
     state_dir = Path(tempfile.mkdtemp(prefix="pis-fronts-"))
     shared = ["--port", str(port), "--front-state-dir", str(state_dir)]
@@ -117,26 +115,6 @@ def supervise(config: ServerConfig, argv: list[str]) -> int:
             sock.close()
         shutil.rmtree(state_dir, ignore_errors=True)
     return 0
-
-
-def _hold(host: str, ports: list[int]) -> list[socket.socket] | None:
-    """A socket holding each port for the fronts (the gRPC one as HTTP's), or None when
-    one cannot be held, said in one line."""
-    holders: list[socket.socket] = []
-    for wanted in ports:
-        # first without SO_REUSEPORT: another server's fronts would let us share theirs
-        problem = bind_problem(host, wanted) if wanted else None
-        try:
-            if problem is None:
-                holders.append(reuseport_socket(host, wanted, listen=False))
-        except OSError as exc:
-            problem = exc.strerror or str(exc)
-        if problem is not None:
-            for sock in holders:
-                sock.close()
-            print(f"cannot bind {host}:{wanted}: {problem}", file=sys.stderr)
-            return None
-    return holders
 
 
 def _stop(fronts: list[Front], grace_s: float) -> None:

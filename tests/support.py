@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,6 +95,32 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: f
     raise TimeoutError(f"server not ready within {timeout_s} s:\n{log_path.read_text()}")
 
 
+def server_command(
+    artifacts_dir: Path, port: int, workers: int = 2, args: Sequence[str] = ()
+) -> list[str]:
+    """``python -m server`` on ``127.0.0.1:port``, serving ``artifacts_dir`` as built."""
+    return [
+        sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--artifacts", str(artifacts_dir), "--workers", str(workers),
+        "--no-build-artifacts-if-missing", *args,
+    ]  # fmt: skip
+
+
+def select_another_variant(artifacts_dir: Path, model: str) -> str:
+    """Rewrites the manifest so that ``model`` is served by another of its built ONNX
+    variants, as the optimizer writing a new set would; returns that variant's name."""
+    path = artifacts_dir / "manifest.json"
+    manifest = orjson.loads(path.read_bytes())
+    entry = manifest["models"][model]
+    entry["selected"] = next(
+        v["name"] for v in entry["variants"]
+        if v["name"] != entry["selected"] and v["runtime"] == "onnxruntime"
+        and v.get("sha256") and v.get("latency_us")
+    )  # fmt: skip
+    path.write_bytes(orjson.dumps(manifest))
+    return entry["selected"]
+
+
 @contextlib.contextmanager
 def start_server(
     artifacts_dir: Path,
@@ -106,11 +133,7 @@ def start_server(
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1])
     process_env = {**os.environ, **(env or {})}
-    command = [
-        sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--artifacts", str(artifacts_dir), "--workers", str(workers),
-        "--no-build-artifacts-if-missing", *args,
-    ]  # fmt: skip
+    command = server_command(artifacts_dir, port, workers, args)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             command, cwd=ROOT, env=process_env, stdout=log_file, stderr=subprocess.STDOUT

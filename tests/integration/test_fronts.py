@@ -161,11 +161,8 @@ def test_an_admin_reload_through_one_front_reloads_every_front(
     no front goes on serving the old set. A second server on the same ports is refused."""
     import shutil
     import subprocess
-    import sys
 
-    import orjson
-
-    from tests.support import ROOT
+    from tests.support import ROOT, select_another_variant, server_command
 
     arts = tmp_path / "arts"
     shutil.copytree(artifacts_dir, arts)
@@ -173,14 +170,7 @@ def test_an_admin_reload_through_one_front_reloads_every_front(
         url = server.url
         wait_until(lambda: len(fronts(url)) == 2, timeout_s=60)
         before = get(f"{url}/models").json()["tactical"]["version"]
-        manifest = orjson.loads((arts / "manifest.json").read_bytes())
-        entry = manifest["models"]["tactical"]
-        entry["selected"] = next(
-            v["name"] for v in entry["variants"]
-            if v["name"] != entry["selected"] and v["runtime"] == "onnxruntime"
-            and v.get("sha256") and v.get("latency_us")
-        )  # fmt: skip
-        (arts / "manifest.json").write_bytes(orjson.dumps(manifest))
+        select_another_variant(arts, "tactical")
         reloaded = httpx.post(f"{url}/admin/reload", timeout=60)
         assert reloaded.status_code == 200, reloaded.text
         after = reloaded.json()["versions"]["tactical"]
@@ -194,8 +184,7 @@ def test_an_admin_reload_through_one_front_reloads_every_front(
         wait_until(every_front_serves_the_new_set, timeout_s=60)
 
         second = subprocess.run(
-            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(server.port),
-             "--artifacts", str(arts), "--fronts", "2", "--no-build-artifacts-if-missing"],
+            server_command(arts, server.port, args=["--fronts", "2"]),
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert second.returncode == 1 and "cannot bind" in second.stderr, second.stderr

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support import pid_alive, start_server, wait_until
+from tests.support import pid_alive, select_another_variant, start_server, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -206,22 +206,12 @@ def test_replacements_serve_what_was_loaded_not_what_the_directory_holds_now(
     """The optimizer (or an operator) selects another variant in the manifest without a
     reload: workers started after that, to replace dead ones, still serve the set that
     ``/models`` names, until a reload switches over."""
-    import orjson
-
     arts = tmp_path / "arts"
     shutil.copytree(artifacts_dir, arts)
     args = ["--cache-size", "0", "--no-inline-when-idle"]
     with start_server(arts, workers=2, args=args) as server:
         served = httpx.get(f"{server.url}/models").json()["tactical"]
-        manifest = orjson.loads((arts / "manifest.json").read_bytes())
-        entry = manifest["models"]["tactical"]
-        other = next(
-            v["name"] for v in entry["variants"]
-            if v["name"] != entry["selected"] and v["runtime"] == "onnxruntime"
-            and v.get("sha256") and v.get("latency_us")
-        )  # fmt: skip
-        entry["selected"] = other
-        (arts / "manifest.json").write_bytes(orjson.dumps(manifest))
+        other = select_another_variant(arts, "tactical")
         replace_every_worker(server.url, server.worker_pids())
         for i in range(20):
             answer = httpx.post(f"{server.url}/infer", json=body(i))
@@ -328,18 +318,14 @@ def test_a_taken_grpc_port_stops_start_up_and_leaves_nothing_behind(
     """Refused before anything starts, in one line that names the port, with one front
     (checked before the workers load) or several (the supervisor's own bind)."""
     import subprocess
-    import sys
 
-    from tests.support import ROOT, free_port
+    from tests.support import ROOT, free_port, server_command
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        command = [
-            sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(free_port()),
-            "--artifacts", str(artifacts_dir), "--workers", "1", "--fronts", str(fronts),
-            "--grpc-port", str(taken.getsockname()[1]), "--no-build-artifacts-if-missing",
-        ]  # fmt: skip
+        args = ["--fronts", str(fronts), "--grpc-port", str(taken.getsockname()[1])]
+        command = server_command(artifacts_dir, free_port(), workers=1, args=args)
         env = {**os.environ, "TMPDIR": str(tmp_path)}
         done = subprocess.run(
             command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
